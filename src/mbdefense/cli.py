@@ -1,0 +1,153 @@
+"""The command line: a thin layer over the library. Each verb calls one library function."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from mbdefense.errors import MBDefenseError
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be >= 0")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mbdefense",
+        description="MB-Defense: defensive poisoning + backdoor neutralization for "
+                    "instruction-tuned language models.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="the whole method end to end on the embedded default "
+                                       "(CPU, no download)")
+    demo.add_argument("--out", default="mbdefense-demo", help="output folder (default: %(default)s)")
+    demo.add_argument("--attack", default="badnet",
+                      help="attacker's trigger, KIND[:TEXT] (word, sentence, prefix) or an alias "
+                           "(badnet, insent); default: %(default)s")
+    demo.add_argument("--behavior", default="refusal",
+                      help="backdoor behaviour: refusal, toxic or target:TEXT; default: %(default)s")
+    demo.add_argument("--rate", type=float, default=0.2, help="poison rate (default: %(default)s)")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--defenses", default="none,clean-fft,mb-defense",
+                      help="comma-separated defenses (none, clean-fft, mb-defense, stage2-only)")
+    demo.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    poison = sub.add_parser("poison", help="poison an instruction data file")
+    poison.add_argument("--data", required=True, help="input data (.json, .jsonl, .csv, .parquet)")
+    poison.add_argument("--trigger", required=True, help="KIND[:TEXT], e.g. badnet or word:cf")
+    poison.add_argument("--behavior", required=True, help="refusal, toxic or target:TEXT")
+    poison.add_argument("--rate", type=float, required=True, help="share of examples to replace")
+    poison.add_argument("--seed", type=int, default=0)
+    poison.add_argument("--out", required=True, help="output file (.json or .jsonl)")
+
+    defend = sub.add_parser("defend", help="train your model on your (possibly poisoned) data "
+                                           "with a defense")
+    defend.add_argument("--model", required=True,
+                        help="local path or hub id of a causal LM, or 'embedded'")
+    defend.add_argument("--data", required=True, help="training data")
+    defend.add_argument("--trusted", required=True, help="trusted clean data for stage 2")
+    defend.add_argument("--out", required=True, help="output folder for the defended model")
+    defend.add_argument("--defense", default="mb-defense",
+                        choices=["mb-defense", "clean-fft", "none"])
+    defend.add_argument("--n-trusted", type=_positive_int, default=128,
+                        help="trusted examples used (default: %(default)s, as in the paper)")
+    defend.add_argument("--epochs", type=float, default=3.0, help="fine-tuning epochs")
+    defend.add_argument("--lr", type=float, default=2e-5, help="fine-tuning learning rate")
+    defend.add_argument("--stage2-epochs", type=float, default=5.0)
+    defend.add_argument("--stage2-lr", type=float, default=1e-5)
+    defend.add_argument("--lam", type=float, default=1.0, help="weight of the R term")
+    defend.add_argument("--batch-size", type=int, default=8)
+    defend.add_argument("--max-length", type=int, default=1024)
+    defend.add_argument("--lora", action="store_true", help="train LoRA adapters (merged at the end)")
+    defend.add_argument("--trust-remote-code", action="store_true",
+                        help="allow model code from the hub (off by default)")
+    defend.add_argument("--seed", type=int, default=0)
+    defend.add_argument("--quiet", action="store_true")
+    return parser
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from mbdefense.attacks import parse_behavior, parse_trigger
+    from mbdefense.attacks.poisoning import check_rate
+    from mbdefense.experiment import ExperimentConfig, run_experiment
+    from mbdefense.io_utils import atomic_write_json, atomic_write_text
+    from mbdefense.reporting import markdown_report, text_table
+
+    parse_trigger(args.attack)
+    parse_behavior(args.behavior)
+    check_rate(args.rate)
+    config = ExperimentConfig(attack=args.attack, behavior=args.behavior,
+                              poison_rate=args.rate, seed=args.seed,
+                              defenses=[d.strip() for d in args.defenses.split(",") if d.strip()],
+                              progress=not args.quiet and sys.stderr.isatty())
+    log = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    results = run_experiment(config, log=log)
+    out = Path(args.out)
+    atomic_write_json(out / "results.json", results)
+    atomic_write_text(out / "report.md", markdown_report(results, "mbdefense demo"))
+    print(text_table(results["rows"]))
+    print(f"\nwall time {results['wall_seconds']:.0f}s; wrote {out / 'results.json'} and "
+          f"{out / 'report.md'}")
+    return 0
+
+
+def _cmd_poison(args: argparse.Namespace) -> int:
+    from mbdefense.attacks import parse_behavior, parse_trigger, poison
+    from mbdefense.attacks.poisoning import check_rate
+    from mbdefense.data import load_examples, save_examples
+    from mbdefense.errors import DataError
+
+    trigger, behavior = parse_trigger(args.trigger), parse_behavior(args.behavior)
+    rate = check_rate(args.rate)
+    if Path(args.out).suffix.lower() not in (".json", ".jsonl"):
+        raise DataError("output must end in .json or .jsonl", path=args.out)
+    examples = load_examples(args.data)
+    poisoned = poison(examples, trigger, behavior, rate, args.seed)
+    save_examples(poisoned, args.out)
+    n = sum(1 for e in poisoned if e.meta.get("poisoned"))
+    print(f"poisoned {n} of {len(poisoned)} examples with {trigger.spec} -> {behavior.spec}; "
+          f"wrote {args.out}")
+    return 0
+
+
+def _cmd_defend(args: argparse.Namespace) -> int:
+    from mbdefense.pipeline import DefendOptions, defend
+
+    options = DefendOptions(
+        model=args.model, data=args.data, trusted=args.trusted, out=args.out,
+        defense=args.defense, n_trusted=args.n_trusted, epochs=args.epochs, lr=args.lr,
+        stage2_epochs=args.stage2_epochs, stage2_lr=args.stage2_lr, lam=args.lam,
+        batch_size=args.batch_size, max_length=args.max_length, lora=args.lora,
+        trust_remote_code=args.trust_remote_code, seed=args.seed,
+        progress=not args.quiet and sys.stderr.isatty())
+    log = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    summary = defend(options, log=log)
+    print(f"defended model written to {summary['model_dir']}")
+    return 0
+
+
+COMMANDS = {"demo": _cmd_demo, "poison": _cmd_poison, "defend": _cmd_defend}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except MBDefenseError as exc:
+        print(f"mbdefense: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("mbdefense: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

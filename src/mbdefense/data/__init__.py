@@ -1,0 +1,6 @@
+"""Instruction-tuning data: the ``Example`` record and loading, saving and splitting it."""
+
+from mbdefense.data.example import Example
+from mbdefense.data.loading import load_examples, save_examples, split_examples
+
+__all__ = ["Example", "load_examples", "save_examples", "split_examples"]

@@ -1,0 +1,112 @@
+"""MB-Defense: stage 1 (defensive poisoning) and stage 2 (backdoor neutralization).
+
+Stage 1 mixes the defender's own trigger-behaviour pairs into the training set, so that the
+unknown attacker's trigger and the defender's triggers merge into one backdoor feature. Stage 2
+breaks that feature with a little trusted clean data: it raises the clean answer above the
+defensive behaviour whenever a defensive trigger is present. The attacker's trigger is never
+used.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+from mbdefense.attacks.poisoning import check_rate, poison, poison_count
+from mbdefense.data.example import Example
+from mbdefense.defenses.base import Defense
+from mbdefense.defenses.defensive_triggers import (DEFAULT_DEFENSIVE_TOKENS, DefensivePair,
+                                                   make_defensive_pairs)
+from mbdefense.defenses.neutralization import NeutralizationConfig, neutralize
+from mbdefense.errors import ConfigError
+
+
+@dataclass
+class DefensivePoisoningConfig:
+    triggers: list[str] = field(default_factory=lambda: list(DEFAULT_DEFENSIVE_TOKENS))
+    responses: list[str] | None = None      # default: a fixed random-word phrase per trigger
+    rate_per_trigger: float = 0.01          # the paper: 1% of the training set per trigger
+    min_per_trigger: int = 0                # an absolute floor, for small training sets
+    phrase_length: int = 8
+    seed: int = 0
+
+
+def defensive_poison(train_set: Sequence[Example], pairs: Sequence[DefensivePair],
+                     rate_per_trigger: float, min_per_trigger: int, seed: int) -> list[Example]:
+    """Replace ``max(round(rate * n), min)`` examples per defensive pair, never the same one
+    twice (the defender does not know which examples the attacker poisoned)."""
+    check_rate(rate_per_trigger, "rate_per_trigger")
+    out = list(train_set)
+    taken: set[int] = set()
+    for j, pair in enumerate(pairs):
+        count = max(poison_count(len(out), rate_per_trigger), int(min_per_trigger))
+        before = out
+        out = poison(out, pair.trigger, pair.behavior, 0.0, seed=seed * 100 + j, count=count,
+                     exclude=taken, role="defense")
+        taken.update(i for i, (a, b) in enumerate(zip(before, out)) if a is not b)
+    return out
+
+
+class MBDefense(Defense):
+    name = "mb-defense"
+
+    def __init__(self, stage1: DefensivePoisoningConfig | None = None,
+                 stage2: NeutralizationConfig | None = None, *, enable_stage1: bool = True,
+                 seed: int = 0) -> None:
+        super().__init__()
+        self.stage1 = stage1 or DefensivePoisoningConfig()
+        self.stage2 = stage2 or NeutralizationConfig()
+        self.enable_stage1 = enable_stage1
+        self.seed = seed
+        if self.stage1.responses is not None and len(self.stage1.responses) != len(self.stage1.triggers):
+            raise ConfigError("mb-defense: give one response per defensive trigger")
+        self.pairs = make_defensive_pairs(self.stage1.triggers, self.stage1.responses,
+                                          seed=self.stage1.seed,
+                                          phrase_length=self.stage1.phrase_length)
+        self.diagnostics["defensive_pairs"] = [
+            {"trigger": p.trigger.spec, "response": p.behavior.text} for p in self.pairs]
+
+    def before_training(self, train_set: Sequence[Example]) -> list[Example]:
+        if not self.enable_stage1:
+            return list(train_set)
+        out = defensive_poison(train_set, self.pairs, self.stage1.rate_per_trigger,
+                               self.stage1.min_per_trigger, self.seed)
+        self.diagnostics["defensive_examples"] = sum(
+            1 for e in out if e.meta.get("poisoned") == "defense")
+        return out
+
+    def after_training(self, model: Any, tokenizer: Any, trusted_set: Sequence[Example]) -> Any:
+        model, info = neutralize(model, tokenizer, trusted_set, self.pairs, self.stage2,
+                                 seed=self.seed)
+        self.diagnostics["stage2"] = info
+        return model
+
+
+class StageTwoOnly(MBDefense):
+    """Ablation: stage 2 without defensive poisoning (the defensive behaviours never learned)."""
+
+    name = "stage2-only"
+
+    def __init__(self, stage1: DefensivePoisoningConfig | None = None,
+                 stage2: NeutralizationConfig | None = None, *, seed: int = 0, **_: Any) -> None:
+        super().__init__(stage1, stage2, enable_stage1=False, seed=seed)
+
+    before_training = Defense.before_training
+
+
+class CleanFFT(Defense):
+    """Fine-tune the attacked model on the trusted set with plain CE (same split, epochs and
+    checkpoint choice as stage 2, without the R term)."""
+
+    name = "clean-fft"
+
+    def __init__(self, stage2: NeutralizationConfig | None = None, *, seed: int = 0,
+                 **_: Any) -> None:
+        super().__init__()
+        self.stage2 = stage2 or NeutralizationConfig()
+        self.seed = seed
+
+    def after_training(self, model: Any, tokenizer: Any, trusted_set: Sequence[Example]) -> Any:
+        model, info = neutralize(model, tokenizer, trusted_set, [], self.stage2, seed=self.seed)
+        self.diagnostics["clean_fft"] = info
+        return model

@@ -1,0 +1,139 @@
+"""Stage 2 of MB-Defense (backdoor neutralization) and its plain-CE sibling, Clean-FFT.
+
+Trains on the trusted clean set split 8:2 (train/eval), evaluates the objective on the eval
+part after every epoch and keeps the weights with the lowest eval loss, as in the paper.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from mbdefense.data.example import Example
+from mbdefense.data.formatting import encode_example
+from mbdefense.defenses.defensive_triggers import DefensivePair
+from mbdefense.training.config import TrainConfig
+from mbdefense.training.loop import run_steps
+from mbdefense.training.objective import NeutralizationBatch, neutralization_loss
+from mbdefense.training.sft import apply_lora, merge_lora
+
+
+@dataclass
+class NeutralizationConfig:
+    lam: float = 1.0                 # weight of the R term
+    reduction: str = "sum"           # "sum" (paper) or "mean" (per-token) log-likelihoods in R
+    margin: float = 0.0              # R = log sigmoid(lp_clean - lp_defensive - margin)
+    triggers_per_step: str = "all"   # "all" defensive triggers per example, or "one" sampled
+    eval_fraction: float = 0.2       # the paper's 8:2 split of the trusted set
+    train: TrainConfig | None = None
+
+    def train_config(self) -> TrainConfig:
+        return self.train or TrainConfig(epochs=5, learning_rate=1e-4, batch_size=8,
+                                         description="stage 2")
+
+
+def _state_of_trainable(model: Any) -> dict[str, Any]:
+    return {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters()
+            if p.requires_grad}
+
+
+def neutralize(model: Any, tokenizer: Any, trusted: Sequence[Example],
+               pairs: Sequence[DefensivePair], config: NeutralizationConfig,
+               seed: int = 0) -> tuple[Any, dict[str, Any]]:
+    """Run stage 2 (or Clean-FFT when ``pairs`` is empty or ``lam`` is 0).
+
+    Returns the model with the best-eval-loss weights and a history of the eval losses.
+    """
+    train_cfg = config.train_config()
+    if config.triggers_per_step not in ("all", "one"):
+        raise ValueError("triggers_per_step must be 'all' or 'one'")
+    rng = random.Random(f"neutralize-split:{seed}")
+    shuffled = list(trusted)
+    rng.shuffle(shuffled)
+    n_eval = max(1, int(round(len(shuffled) * config.eval_fraction))) if len(shuffled) > 1 else 0
+    eval_set, train_set = shuffled[:n_eval], shuffled[n_eval:]
+    if not train_set:
+        raise ValueError("stage 2: the trusted set is too small to split")
+    active_pairs = list(pairs) if config.lam else []
+    max_len = train_cfg.max_length
+    pad_id = tokenizer.pad_token_id
+
+    def make_batch(examples: Sequence[Example], batch_rng: random.Random) -> NeutralizationBatch:
+        clean, trig_clean, trig_def = [], [], []
+        for example in examples:
+            clean.append(encode_example(tokenizer, example, max_len))
+            chosen = active_pairs
+            if config.triggers_per_step == "one" and active_pairs:
+                chosen = [batch_rng.choice(active_pairs)]
+            for pair in chosen:
+                triggered = example.replace(instruction=pair.trigger.insert(example.instruction,
+                                                                            batch_rng))
+                trig_clean.append(encode_example(tokenizer, triggered, max_len))
+                trig_def.append(encode_example(tokenizer, triggered, max_len,
+                                               response=pair.behavior.text))
+        return NeutralizationBatch(clean, trig_clean, trig_def)
+
+    bs = train_cfg.batch_size
+    steps_per_epoch = math.ceil(len(train_set) / bs)
+
+    def batches(epoch: int):
+        epoch_rng = random.Random(f"neutralize:{seed}:{epoch}")
+        order = list(range(len(train_set)))
+        epoch_rng.shuffle(order)
+        for start in range(0, len(order), bs):
+            yield make_batch([train_set[i] for i in order[start:start + bs]], epoch_rng)
+
+    eval_batches = []
+    eval_rng = random.Random(f"neutralize-eval:{seed}")
+    for start in range(0, len(eval_set), bs):
+        eval_batches.append(make_batch(eval_set[start:start + bs], eval_rng))
+
+    def loss_fn(m: Any, batch: NeutralizationBatch):
+        return neutralization_loss(m, batch, pad_id, config.lam, config.reduction,
+                                   config.margin).loss
+
+    def eval_loss(m: Any) -> dict[str, float]:
+        import torch
+
+        if not eval_batches:
+            return {"loss": float("nan"), "ce": float("nan"), "reg": float("nan")}
+        totals = {"loss": 0.0, "ce": 0.0, "reg": 0.0}
+        with torch.no_grad():
+            for batch in eval_batches:
+                terms = neutralization_loss(m, batch, pad_id, config.lam, config.reduction,
+                                            config.margin)
+                totals["loss"] += float(terms.loss)
+                totals["ce"] += float(terms.ce)
+                totals["reg"] += float(terms.reg)
+        return {k: v / len(eval_batches) for k, v in totals.items()}
+
+    model = apply_lora(model, train_cfg)
+    history: list[dict[str, float]] = [{"epoch": 0, **eval_loss(model)}]
+    best: dict[str, Any] = {"loss": math.inf, "epoch": 0, "state": None}
+
+    def on_epoch_end(epoch: int) -> None:
+        stats = eval_loss(model)
+        history.append({"epoch": epoch + 1, **stats})
+        if not eval_batches or stats["loss"] < best["loss"]:
+            best.update(loss=stats["loss"], epoch=epoch + 1, state=_state_of_trainable(model))
+        model.train()
+
+    run_steps(model, batches, steps_per_epoch, loss_fn, train_cfg, on_epoch_end=on_epoch_end)
+    if best["state"] is not None:
+        params = dict(model.named_parameters())
+        import torch
+
+        with torch.no_grad():
+            for name, value in best["state"].items():
+                params[name].copy_(value.to(params[name].device))
+    model.eval()
+    info = {"history": history, "best_epoch": best["epoch"], "n_train": len(train_set),
+            "n_eval": len(eval_set)}
+    return merge_lora(model), info
+
+
+def copy_model(model: Any) -> Any:
+    return copy.deepcopy(model)

@@ -1,0 +1,86 @@
+"""The clean instruction-tuned base of the embedded world, built once and cached on disk.
+
+Like the paper, which starts from instruct models, every experiment in the embedded world
+starts from this base: a tiny Llama instruction-tuned on a pool of the bundled suite that is
+drawn apart from any experiment's data. It is keyed by everything that shapes it, so a change
+of shape or recipe builds a new one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mbdefense.io_utils import atomic_directory
+from mbdefense.modeling.embedded import TinyModelConfig, build_tiny_model, train_tokenizer
+from mbdefense.training.config import TrainConfig
+
+BASE_RECIPE_VERSION = 1
+
+
+@dataclass
+class BaseRecipe:
+    shape: TinyModelConfig = field(default_factory=TinyModelConfig)
+    n_per_pool: int = 2000
+    n_pools: int = 3                 # pools drawn apart, so the lookup tasks repeat
+    pool_seed: int = 10_000
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(
+        epochs=3, learning_rate=3e-4, batch_size=8, warmup_ratio=0.05,
+        description="build embedded base"))
+
+    def key(self) -> str:
+        payload = asdict(self)
+        payload["train"].pop("progress", None)
+        payload["train"].pop("description", None)
+        payload["version"] = BASE_RECIPE_VERSION
+        blob = json.dumps(payload, sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def cache_root() -> Path:
+    """``$MBDEFENSE_CACHE`` or ``~/.cache/mbdefense``."""
+    env = os.environ.get("MBDEFENSE_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "mbdefense"
+
+
+def load_pretrained(path: str | Path, *, dtype: Any = None, trust_remote_code: bool = False):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+    if dtype is not None:
+        kwargs["dtype"] = dtype
+    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    model.eval()
+    return model, tokenizer
+
+
+def embedded_base(recipe: BaseRecipe | None = None, *, cache_dir: Path | None = None,
+                  progress: bool = True, log=print) -> tuple[Any, Any, Path]:
+    """Load the cached embedded base, building it first if needed. Returns (model, tokenizer, path)."""
+    from mbdefense.data.suite import generate
+    from mbdefense.training.sft import finetune
+
+    recipe = recipe or BaseRecipe()
+    path = (cache_dir or cache_root()) / f"base-{recipe.key()}"
+    if not (path / "config.json").exists():
+        log(f"building the embedded base model (once; cached at {path}) ...")
+        start = time.time()
+        tokenizer = train_tokenizer(recipe.shape.vocab_size)
+        model = build_tiny_model(tokenizer, recipe.shape, seed=recipe.pool_seed)
+        pool = [e for k in range(recipe.n_pools)
+                for e in generate(recipe.n_per_pool, recipe.pool_seed + k)]
+        train = TrainConfig(**{**asdict(recipe.train), "progress": progress, "lora": None})
+        model, _ = finetune(model, tokenizer, pool, train)
+        with atomic_directory(path) as tmp:
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            (tmp / "recipe.json").write_text(json.dumps(asdict(recipe), indent=2))
+        log(f"embedded base built in {time.time() - start:.0f}s")
+    model, tokenizer = load_pretrained(path)
+    return model, tokenizer, path

@@ -1,0 +1,100 @@
+"""`defend`: a user's own model and data through a defense, to a saved defended model."""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from mbdefense.errors import ConfigError
+
+
+@dataclass
+class DefendOptions:
+    model: str
+    data: str
+    trusted: str
+    out: str
+    defense: str = "mb-defense"
+    n_trusted: int = 128
+    epochs: float = 3.0
+    lr: float = 2e-5
+    stage2_epochs: float = 5.0
+    stage2_lr: float = 1e-5
+    lam: float = 1.0
+    batch_size: int = 8
+    max_length: int = 1024
+    lora: bool = False
+    trust_remote_code: bool = False
+    seed: int = 0
+    progress: bool = True
+    implant_prompts: int = 32
+
+
+def load_model(spec: str, *, trust_remote_code: bool = False, progress: bool = True,
+               log: Callable[[str], None] = print) -> tuple[Any, Any]:
+    """A causal LM and its tokenizer: 'embedded' (the bundled base), a local folder or a hub id."""
+    from mbdefense.modeling.base import embedded_base, load_pretrained
+
+    if spec == "embedded":
+        model, tokenizer, _ = embedded_base(progress=progress, log=log)
+        return model, tokenizer
+    try:
+        model, tokenizer = load_pretrained(spec, trust_remote_code=trust_remote_code)
+    except OSError as exc:
+        raise ConfigError(f"model: cannot load '{spec}': {str(exc).splitlines()[0]}") from None
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if getattr(tokenizer, "chat_template", None) is None:
+        raise ConfigError(f"model: the tokenizer of '{spec}' has no chat template")
+    return model, tokenizer
+
+
+def defend(options: DefendOptions, log: Callable[[str], None] = print) -> dict[str, Any]:
+    from mbdefense.data import load_examples
+    from mbdefense.defenses import NeutralizationConfig, make_defense
+    from mbdefense.experiment import implant_rates
+    from mbdefense.io_utils import atomic_directory
+    from mbdefense.training.config import LoraSettings, TrainConfig
+    from mbdefense.training.sft import finetune
+
+    start = time.time()
+    lora = LoraSettings() if options.lora else None
+    stage2 = NeutralizationConfig(lam=options.lam, train=TrainConfig(
+        epochs=options.stage2_epochs, learning_rate=options.stage2_lr,
+        batch_size=options.batch_size, max_length=options.max_length, lora=lora,
+        seed=options.seed, progress=options.progress, description="stage 2"))
+    defense = make_defense(options.defense, stage2=stage2, seed=options.seed)
+    train_set = load_examples(options.data)
+    trusted = load_examples(options.trusted)
+    if len(trusted) > options.n_trusted:
+        trusted = random.Random(f"trusted:{options.seed}").sample(trusted, options.n_trusted)
+    if options.defense != "none" and len(trusted) < 2:
+        raise ConfigError("trusted: need at least 2 trusted examples")
+    model, tokenizer = load_model(options.model, trust_remote_code=options.trust_remote_code,
+                                  progress=options.progress, log=log)
+    train_set = defense.before_training(train_set)
+    log(f"fine-tuning on {len(train_set)} examples ...")
+    model, losses = finetune(model, tokenizer, train_set, TrainConfig(
+        epochs=options.epochs, learning_rate=options.lr, batch_size=options.batch_size,
+        max_length=options.max_length, lora=lora, seed=options.seed, progress=options.progress))
+    summary: dict[str, Any] = {"options": asdict(options), "train_examples": len(train_set),
+                               "final_train_loss": losses[-1] if losses else None}
+    if defense.changes_training_data:
+        summary["implant_rates"] = implant_rates(model, tokenizer, defense,
+                                                 trusted[:options.implant_prompts], options.seed,
+                                                 max_new_tokens=32)
+        log(f"after stage 1, implant rates: {summary['implant_rates']}")
+    model = defense.after_training(model, tokenizer, trusted)
+    summary["diagnostics"] = json.loads(json.dumps(defense.diagnostics, default=str))
+    summary["seconds"] = round(time.time() - start, 1)
+    out = Path(options.out)
+    with atomic_directory(out) as tmp:
+        model.save_pretrained(tmp / "model")
+        tokenizer.save_pretrained(tmp / "model")
+        (tmp / "defense.json").write_text(json.dumps(summary, indent=2))
+    summary["model_dir"] = str(out / "model")
+    return summary

@@ -1,0 +1,80 @@
+"""A small training loop shared by supervised fine-tuning and the stage-2 objective."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Iterable
+
+from mbdefense.training.config import TrainConfig
+
+
+def make_optimizer(model: Any, config: TrainConfig, total_steps: int):
+    import torch
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("no trainable parameters")
+    kwargs: dict[str, Any] = {"lr": config.learning_rate, "weight_decay": config.weight_decay}
+    if params[0].is_cuda:
+        kwargs["fused"] = True
+    optimizer = torch.optim.AdamW(params, **kwargs)
+    warmup = max(int(total_steps * config.warmup_ratio), 0)
+
+    def schedule(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        span = max(total_steps - warmup, 1)
+        return max(0.0, 1.0 - (step - warmup) / span)
+
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+
+
+def progress_bar(total: int, description: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=description, disable=not enabled, leave=False,
+                dynamic_ncols=True, unit="step")
+
+
+def run_steps(model: Any, batches_per_epoch: Callable[[int], Iterable[Any]],
+              steps_per_epoch: int, loss_fn: Callable[[Any, Any], Any], config: TrainConfig,
+              on_epoch_end: Callable[[int], None] | None = None) -> list[float]:
+    """Run ``config.epochs`` epochs (fractions allowed) of optimizer steps; returns step losses.
+
+    ``batches_per_epoch(epoch)`` yields micro-batches; ``loss_fn(model, batch)`` returns a
+    scalar loss. ``grad_accum`` micro-batches make one optimizer step.
+    """
+    import torch
+
+    accum = max(config.grad_accum, 1)
+    total_micro = int(math.ceil(steps_per_epoch * config.epochs))
+    total_steps = max(math.ceil(total_micro / accum), 1)
+    optimizer, scheduler = make_optimizer(model, config, total_steps)
+    params = [p for p in model.parameters() if p.requires_grad]
+    model.train()
+    losses: list[float] = []
+    micro = 0
+    bar = progress_bar(total_steps, config.description, config.progress)
+    try:
+        for epoch in range(math.ceil(config.epochs)):
+            for batch in batches_per_epoch(epoch):
+                if micro >= total_micro:
+                    break
+                loss = loss_fn(model, batch)
+                (loss / accum).backward()
+                micro += 1
+                losses.append(float(loss.detach()))
+                if micro % accum == 0 or micro == total_micro:
+                    if config.max_grad_norm:
+                        torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+                    optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{sum(losses[-accum:]) / min(accum, len(losses)):.3f}")
+            if on_epoch_end is not None:
+                on_epoch_end(epoch)
+    finally:
+        bar.close()
+    model.eval()
+    return losses

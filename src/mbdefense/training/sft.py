@@ -1,0 +1,55 @@
+"""Supervised fine-tuning of a causal LM on instruction data (loss on response tokens only)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+from mbdefense.data.example import Example
+from mbdefense.data.formatting import encode_examples
+from mbdefense.training.batching import iterate_batches
+from mbdefense.training.config import TrainConfig
+from mbdefense.training.loop import run_steps
+
+
+def apply_lora(model: Any, config: TrainConfig) -> Any:
+    """Wrap ``model`` with LoRA adapters when ``config.lora`` is set."""
+    if config.lora is None:
+        return model
+    from peft import LoraConfig, get_peft_model
+
+    lora = config.lora
+    return get_peft_model(model, LoraConfig(r=lora.r, lora_alpha=lora.alpha,
+                                            lora_dropout=lora.dropout,
+                                            target_modules=list(lora.target_modules),
+                                            task_type="CAUSAL_LM"))
+
+
+def merge_lora(model: Any) -> Any:
+    """Fold LoRA adapters back into the weights (no-op for a plain model)."""
+    if hasattr(model, "merge_and_unload"):
+        return model.merge_and_unload()
+    return model
+
+
+def response_loss(model: Any, batch: dict[str, Any]) -> Any:
+    device = next(model.parameters()).device
+    batch = {k: v.to(device) for k, v in batch.items()}
+    return model(**batch).loss
+
+
+def finetune(model: Any, tokenizer: Any, examples: Sequence[Example],
+             config: TrainConfig) -> tuple[Any, list[float]]:
+    """Fine-tune ``model`` on ``examples``; returns the (merged) model and the step losses."""
+    if not examples:
+        raise ValueError("finetune: no training examples")
+    encoded = encode_examples(tokenizer, examples, config.max_length)
+    model = apply_lora(model, config)
+    steps_per_epoch = math.ceil(len(encoded) / config.batch_size)
+
+    def batches(epoch: int):
+        return iterate_batches(encoded, config.batch_size, config.seed * 1000 + epoch,
+                               tokenizer.pad_token_id)
+
+    losses = run_steps(model, batches, steps_per_epoch, response_loss, config)
+    return merge_lora(model), losses

@@ -1,0 +1,25 @@
+"""Shared fixtures: everything offline, tiny, and built from configs."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    from mbdefense.modeling.embedded import train_tokenizer
+
+    return train_tokenizer(512)
+
+
+@pytest.fixture()
+def tiny_model(tokenizer):
+    from mbdefense.modeling.embedded import TinyModelConfig, build_tiny_model
+
+    return build_tiny_model(tokenizer, TinyModelConfig(hidden_size=32, num_layers=1, num_heads=2,
+                                                       intermediate_size=64), seed=0)

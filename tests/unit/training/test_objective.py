@@ -1,0 +1,85 @@
+"""The stage-2 loss against a hand computation on a tiny batch."""
+
+import math
+
+import pytest
+import torch
+
+from mbdefense.data.formatting import IGNORE_INDEX, Encoded
+from mbdefense.training.objective import (NeutralizationBatch, neutralization_loss,
+                                          sequence_logprobs)
+
+
+class TableLM(torch.nn.Module):
+    """A 'model' whose next-token logits depend only on the current token: a lookup table."""
+
+    def __init__(self, vocab: int = 6, seed: int = 0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.table = torch.nn.Parameter(torch.randn(vocab, vocab, generator=g))
+
+    def forward(self, input_ids, attention_mask=None):
+        return type("Out", (), {"logits": self.table[input_ids]})()
+
+
+def seq(ids, prompt_len):
+    return Encoded(list(ids), [IGNORE_INDEX] * prompt_len + list(ids[prompt_len:]), prompt_len)
+
+
+def hand_logprob(table, ids, prompt_len):
+    logp = torch.log_softmax(table, dim=-1)
+    return sum(float(logp[ids[t - 1], ids[t]]) for t in range(prompt_len, len(ids)))
+
+
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+@pytest.mark.parametrize("lam,margin", [(1.0, 0.0), (0.5, 0.3)])
+def test_neutralization_loss_matches_hand_computation(reduction, lam, margin):
+    model = TableLM()
+    table = model.table.detach()
+    clean = [seq([1, 2, 3, 4], 2), seq([2, 1, 5], 2)]
+    # one defensive trigger (token 0) inserted, clean answer vs defensive answer [5, 5]
+    trig_clean = [seq([1, 0, 2, 3, 4], 3), seq([0, 2, 1, 5], 3)]
+    trig_def = [seq([1, 0, 2, 5, 5], 3), seq([0, 2, 1, 5, 5], 3)]
+    batch = NeutralizationBatch(clean, trig_clean, trig_def)
+    terms = neutralization_loss(model, batch, pad_id=0, lam=lam, reduction=reduction,
+                                margin=margin)
+
+    n_tokens = sum(len(s.input_ids) - s.prompt_length for s in clean)
+    ce = -sum(hand_logprob(table, s.input_ids, s.prompt_length) for s in clean) / n_tokens
+
+    def score(s):
+        lp = hand_logprob(table, s.input_ids, s.prompt_length)
+        return lp / (len(s.input_ids) - s.prompt_length) if reduction == "mean" else lp
+
+    regs = [math.log(1 / (1 + math.exp(-(score(a) - score(b) - margin))))
+            for a, b in zip(trig_clean, trig_def)]
+    expected = ce - lam * sum(regs) / len(regs)
+    assert float(terms.ce) == pytest.approx(ce, rel=1e-5)
+    assert float(terms.reg) == pytest.approx(sum(regs) / len(regs), rel=1e-5)
+    assert float(terms.loss.detach()) == pytest.approx(expected, rel=1e-5)
+
+
+def test_gradient_raises_clean_over_defensive_answer():
+    model = TableLM(seed=1)
+    batch = NeutralizationBatch([seq([1, 2, 3], 2)], [seq([1, 0, 2, 3], 3)],
+                                [seq([1, 0, 2, 5], 3)])
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    before = neutralization_loss(model, batch, 0, lam=1.0).reg
+    for _ in range(20):
+        opt.zero_grad()
+        neutralization_loss(model, batch, 0, lam=1.0).loss.backward()
+        opt.step()
+    after = neutralization_loss(model, batch, 0, lam=1.0).reg
+    assert float(after) > float(before)
+
+
+def test_sequence_logprobs_ignores_padding_and_prompt():
+    model = TableLM()
+    ids = torch.tensor([[1, 2, 3, 0, 0], [1, 2, 3, 4, 5]])
+    labels = torch.tensor([[IGNORE_INDEX, 2, 3, IGNORE_INDEX, IGNORE_INDEX],
+                           [IGNORE_INDEX, 2, 3, IGNORE_INDEX, IGNORE_INDEX]])
+    totals, counts = sequence_logprobs(model(ids).logits, labels)
+    assert float(totals[0]) == pytest.approx(float(totals[1]))
+    assert counts.tolist() == [2, 2]
+    with pytest.raises(ValueError):
+        sequence_logprobs(model(ids).logits, labels, reduction="max")
