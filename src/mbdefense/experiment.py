@@ -10,7 +10,7 @@ import hashlib
 import json
 import platform
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Callable, Sequence
 
 from mbdefense.attacks import parse_behavior, parse_trigger, poison, triggered_copies
@@ -155,8 +155,10 @@ def run_experiment(config: ExperimentConfig, log: Callable[[str], None] = print)
         add_row("none", "none", train_on(list(splits.train), "clean reference"), None,
                 time.time() - t0)
 
+    stage2 = replace(config.stage2, train=replace(config.stage2.train_config(),
+                                                  progress=config.progress))
     for name in config.defenses:
-        defense = make_defense(name, stage1=config.stage1, stage2=config.stage2, seed=config.seed)
+        defense = make_defense(name, stage1=config.stage1, stage2=stage2, seed=config.seed)
         t0 = time.time()
         train_set = defense.before_training(attacked_train)
         model = train_on(train_set, "attacked" if not defense.changes_training_data else
