@@ -136,8 +136,15 @@ def _cmd_defend(args: argparse.Namespace) -> int:
 COMMANDS = {"demo": _cmd_demo, "poison": _cmd_poison, "defend": _cmd_defend}
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _quiet_libraries() -> None:
+    """Keep the libraries' own progress bars and notices out of the command's output."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    _quiet_libraries()
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)

@@ -24,7 +24,7 @@ from mbdefense.training.sft import apply_lora, merge_lora
 @dataclass
 class NeutralizationConfig:
     lam: float = 1.0                 # weight of the R term
-    reduction: str = "sum"           # "sum" (paper) or "mean" (per-token) log-likelihoods in R
+    reduction: str = "mean"          # "mean" (per-token) or "sum" (the paper) log-likelihoods in R
     margin: float = 0.0              # R = log sigmoid(lp_clean - lp_defensive - margin)
     triggers_per_step: str = "all"   # "all" defensive triggers per example, or "one" sampled
     eval_fraction: float = 0.2       # the paper's 8:2 split of the trusted set

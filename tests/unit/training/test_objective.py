@@ -78,7 +78,8 @@ def test_sequence_logprobs_ignores_padding_and_prompt():
     ids = torch.tensor([[1, 2, 3, 0, 0], [1, 2, 3, 4, 5]])
     labels = torch.tensor([[IGNORE_INDEX, 2, 3, IGNORE_INDEX, IGNORE_INDEX],
                            [IGNORE_INDEX, 2, 3, IGNORE_INDEX, IGNORE_INDEX]])
-    totals, counts = sequence_logprobs(model(ids).logits, labels)
+    with torch.no_grad():
+        totals, counts = sequence_logprobs(model(ids).logits, labels)
     assert float(totals[0]) == pytest.approx(float(totals[1]))
     assert counts.tolist() == [2, 2]
     with pytest.raises(ValueError):

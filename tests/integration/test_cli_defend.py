@@ -1,0 +1,63 @@
+"""`mbdefense defend` on a user's own (tiny, local) model and data files."""
+
+import json
+
+import pytest
+
+from mbdefense.attacks import parse_behavior, parse_trigger, poison
+from mbdefense.cli import main
+from mbdefense.data import save_examples
+from mbdefense.data.suite import build_splits
+
+
+@pytest.fixture()
+def user_files(tmp_path, tokenizer, tiny_model):
+    model_dir = tmp_path / "my-model"
+    tiny_model.save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    splits = build_splits(120, 20, 10, seed=0)
+    data = poison(splits.train, parse_trigger("badnet"), parse_behavior("refusal"), 0.2, 0)
+    save_examples(data, tmp_path / "train.jsonl")
+    save_examples(splits.trusted, tmp_path / "trusted.json")
+    return model_dir, tmp_path / "train.jsonl", tmp_path / "trusted.json"
+
+
+@pytest.mark.parametrize("defense", ["mb-defense", "clean-fft"])
+def test_defend_writes_a_loadable_model(tmp_path, user_files, defense, capsys):
+    from transformers import AutoModelForCausalLM
+
+    model_dir, train, trusted = user_files
+    out = tmp_path / "defended"
+    code = main(["defend", "--model", str(model_dir), "--data", str(train), "--trusted",
+                 str(trusted), "--out", str(out), "--defense", defense, "--epochs", "1",
+                 "--stage2-epochs", "1", "--lr", "1e-3", "--max-length", "128", "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    assert (out / "model" / "model.safetensors").exists()
+    summary = json.loads((out / "defense.json").read_text())
+    assert summary["train_examples"] == 120
+    if defense == "mb-defense":
+        assert set(summary["implant_rates"]) == {"word:mn", "word:bb", "word:zx", "word:qv"}
+        assert summary["diagnostics"]["defensive_examples"] == 4  # 1% of 120 per trigger, rounded
+        assert len(summary["diagnostics"]["stage2"]["history"]) == 2
+    AutoModelForCausalLM.from_pretrained(out / "model")
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".defended")]
+
+
+def test_defend_bad_trusted_file_leaves_nothing(tmp_path, user_files, capsys):
+    model_dir, train, _ = user_files
+    bad = tmp_path / "trusted.jsonl"
+    bad.write_text('{"instruction": "x", "output": 5.5}\n{"instruction": 3, "output": "y"}\n')
+    out = tmp_path / "defended"
+    code = main(["defend", "--model", str(model_dir), "--data", str(train), "--trusted",
+                 str(bad), "--out", str(out), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "trusted.jsonl:2" in err and "instruction" in err
+    assert not out.exists()
+
+
+def test_defend_missing_model_is_a_clear_error(tmp_path, user_files, capsys):
+    _, train, trusted = user_files
+    code = main(["defend", "--model", str(tmp_path / "nope"), "--data", str(train), "--trusted",
+                 str(trusted), "--out", str(tmp_path / "o"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "nope" in err and "Traceback" not in err

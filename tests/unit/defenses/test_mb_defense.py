@@ -1,0 +1,47 @@
+from mbdefense.attacks import parse_behavior, parse_trigger, poison
+from mbdefense.data.suite import generate
+from mbdefense.defenses import DEFENSES, DefensivePoisoningConfig, make_defense
+from mbdefense.defenses.base import Defense
+from mbdefense.defenses.defensive_triggers import make_defensive_pairs
+
+
+def test_defensive_pairs_are_fixed_by_seed_and_distinct():
+    one, two = make_defensive_pairs(seed=3), make_defensive_pairs(seed=3)
+    assert [p.behavior.text for p in one] == [p.behavior.text for p in two]
+    assert len({p.behavior.text for p in one}) == len(one) == 4
+    assert all(len(p.behavior.text.split()) == 8 for p in one)
+    assert [p.trigger.spec for p in one] == ["word:mn", "word:bb", "word:zx", "word:qv"]
+
+
+def test_stage1_poisons_one_percent_per_trigger_on_distinct_examples():
+    data = poison(generate(1000, 0), parse_trigger("badnet"), parse_behavior("refusal"), 0.2, 0)
+    defense = make_defense("mb-defense")
+    out = defense.before_training(data)
+    roles = [e.meta.get("poisoned") for e in out]
+    assert roles.count("defense") == 40            # 4 triggers x 1% of 1000
+    assert len(out) == 1000
+    per_trigger = {}
+    for e in out:
+        if e.meta.get("poisoned") == "defense":
+            per_trigger.setdefault(e.meta["trigger"], []).append(e)
+    assert sorted(per_trigger) == ["word:bb", "word:mn", "word:qv", "word:zx"]
+    pairs = {p.trigger.spec: p.behavior.text for p in defense.pairs}
+    for spec, examples in per_trigger.items():
+        assert len(examples) == 10
+        assert all(e.output == pairs[spec] for e in examples)
+        assert all(spec.split(":")[1] in e.instruction.split() for e in examples)
+
+
+def test_min_per_trigger_floor():
+    defense = make_defense("mb-defense", stage1=DefensivePoisoningConfig(min_per_trigger=25))
+    out = defense.before_training(generate(500, 1))
+    assert sum(e.meta.get("poisoned") == "defense" for e in out) == 100
+
+
+def test_only_stage1_defenses_change_data():
+    data = generate(100, 0)
+    for name in DEFENSES:
+        defense = make_defense(name)
+        assert isinstance(defense, Defense)
+        changed = defense.before_training(data) != data
+        assert changed == (name == "mb-defense"), name
