@@ -56,6 +56,7 @@ class ExperimentConfig:
     max_new_tokens: int = 24
     scorer: str = "exact"
     implant_prompts: int = 64
+    implant_warning: float = 0.3
     progress: bool = True
 
 
@@ -169,7 +170,13 @@ def run_experiment(config: ExperimentConfig, log: Callable[[str], None] = print)
             stage1_metrics, _ = evaluate(model, None)
             diagnostics[f"{name}/stage1"] = {"implant_rates": rates,
                                              "metrics": stage1_metrics.to_dict()}
-            log(f"  after stage 1: implant rates {rates}; ASR {stage1_metrics.asr:.3f}")
+            shown = ", ".join(f"{t} {r:.2f}" for t, r in rates.items())
+            log(f"  after stage 1: implant rates {shown}; ASR {stage1_metrics.asr:.3f}")
+            weak = [t for t, r in rates.items() if r < config.implant_warning]
+            if weak:
+                log(f"  warning: defensive triggers {', '.join(weak)} elicit their behaviour on "
+                    f"fewer than {config.implant_warning:.0%} of held-out prompts; stage 2 relies "
+                    "on them (raise stage1.min_per_trigger or rate_per_trigger)")
         if type(defense).after_training is not Defense.after_training:
             log(f"running {name} after training ...")
             model = defense.after_training(_copy(model), tokenizer, splits.trusted)

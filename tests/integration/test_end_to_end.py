@@ -21,7 +21,8 @@ def tiny_config(**over) -> ExperimentConfig:
         finetune=TrainConfig(epochs=2, learning_rate=1e-3, batch_size=8),
         stage1=DefensivePoisoningConfig(triggers=["mn", "bb"], min_per_trigger=30),
         stage2=NeutralizationConfig(train=TrainConfig(epochs=5, learning_rate=3e-4, batch_size=8)),
-        defenses=["none", "clean-fft", "mb-defense"], progress=False, implant_prompts=32)
+        defenses=["none", "clean-fft", "mb-defense", "stage2-only"], progress=False,
+        implant_prompts=32)
     for key, value in over.items():
         setattr(config, key, value)
     return config
@@ -47,6 +48,8 @@ def test_backdoor_learned_and_removed(results):
     assert attacked["asr"] >= 0.9
     assert fft["asr"] >= 0.5            # a clean fine-tune leaves most of the backdoor
     assert mb["asr"] <= 0.1             # MB-Defense removes it
+    # ablation: stage 2 without defensive poisoning leaves the backdoor in place
+    assert rows[(True, "stage2-only")]["asr"] >= 0.5
     assert mb["cacc"] >= attacked["cacc"] - 0.15
     for row in results["rows"]:
         assert 0.0 <= row["cacc"] <= 1.0 and 0.0 <= row["asr"] <= 1.0
