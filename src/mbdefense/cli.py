@@ -37,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--defenses", default="none,clean-fft,mb-defense",
                       help="comma-separated defenses (none, clean-fft, mb-defense, stage2-only)")
+    demo.add_argument("--size", choices=["default", "smoke"], default="default",
+                      help="'smoke': a one-minute run on a smaller model and data set, to check "
+                           "an installation (clean accuracy is low); default: %(default)s")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
 
     poison = sub.add_parser("poison", help="poison an instruction data file")
@@ -63,6 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
     defend.add_argument("--stage2-epochs", type=float, default=5.0)
     defend.add_argument("--stage2-lr", type=float, default=1e-5)
     defend.add_argument("--lam", type=float, default=1.0, help="weight of the R term")
+    defend.add_argument("--reduction", choices=["mean", "sum"], default="mean",
+                        help="R on per-token mean or summed log-likelihoods (default: %(default)s)")
+    defend.add_argument("--min-per-trigger", type=_positive_int, default=0,
+                        help="at least this many defensive examples per trigger (default: only "
+                             "the paper's 1%% of the training set)")
     defend.add_argument("--batch-size", type=int, default=8)
     defend.add_argument("--max-length", type=int, default=1024)
     defend.add_argument("--lora", action="store_true", help="train LoRA adapters (merged at the end)")
@@ -76,17 +84,18 @@ def build_parser() -> argparse.ArgumentParser:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from mbdefense.attacks import parse_behavior, parse_trigger
     from mbdefense.attacks.poisoning import check_rate
-    from mbdefense.experiment import ExperimentConfig, run_experiment
+    from mbdefense.experiment import ExperimentConfig, run_experiment, smoke_config
     from mbdefense.io_utils import atomic_write_json, atomic_write_text
     from mbdefense.reporting import markdown_report, text_table
 
     parse_trigger(args.attack)
     parse_behavior(args.behavior)
     check_rate(args.rate)
-    config = ExperimentConfig(attack=args.attack, behavior=args.behavior,
-                              poison_rate=args.rate, seed=args.seed,
-                              defenses=[d.strip() for d in args.defenses.split(",") if d.strip()],
-                              progress=not args.quiet and sys.stderr.isatty())
+    settings = dict(attack=args.attack, behavior=args.behavior, poison_rate=args.rate,
+                    seed=args.seed,
+                    defenses=[d.strip() for d in args.defenses.split(",") if d.strip()],
+                    progress=not args.quiet and sys.stderr.isatty())
+    config = smoke_config(**settings) if args.size == "smoke" else ExperimentConfig(**settings)
     log = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     results = run_experiment(config, log=log)
     out = Path(args.out)
@@ -124,6 +133,7 @@ def _cmd_defend(args: argparse.Namespace) -> int:
         model=args.model, data=args.data, trusted=args.trusted, out=args.out,
         defense=args.defense, n_trusted=args.n_trusted, epochs=args.epochs, lr=args.lr,
         stage2_epochs=args.stage2_epochs, stage2_lr=args.stage2_lr, lam=args.lam,
+        min_per_trigger=args.min_per_trigger, reduction=args.reduction,
         batch_size=args.batch_size, max_length=args.max_length, lora=args.lora,
         trust_remote_code=args.trust_remote_code, seed=args.seed,
         progress=not args.quiet and sys.stderr.isatty())

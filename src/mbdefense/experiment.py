@@ -60,6 +60,32 @@ class ExperimentConfig:
     progress: bool = True
 
 
+def smoke_config(**overrides: Any) -> ExperimentConfig:
+    """A minute-long version of the demo: a 2-layer, 128-wide model on 600 training examples.
+
+    Too small for good clean accuracy; meant for smoke tests of an installation and for the
+    test suite. The backdoor is still learned and removed.
+    """
+    from mbdefense.modeling.embedded import TinyModelConfig
+
+    config = ExperimentConfig(
+        world=WorldConfig(n_train=600, n_trusted=64, n_test=104),
+        base=BaseRecipe(shape=TinyModelConfig(vocab_size=768, hidden_size=128, num_layers=2,
+                                              num_heads=4, intermediate_size=384),
+                        n_per_pool=1500, n_pools=1,
+                        train=TrainConfig(epochs=2, learning_rate=1e-3, batch_size=8)),
+        finetune=TrainConfig(epochs=2, learning_rate=1e-3, batch_size=8),
+        stage1=DefensivePoisoningConfig(triggers=["mn", "bb"], min_per_trigger=30),
+        stage2=NeutralizationConfig(train=TrainConfig(epochs=5, learning_rate=3e-4,
+                                                      batch_size=8)),
+        implant_prompts=32)
+    for key, value in overrides.items():
+        if not hasattr(config, key):
+            raise ValueError(f"unknown experiment setting {key!r}")
+        setattr(config, key, value)
+    return config
+
+
 def _fingerprint(examples: Sequence[Example]) -> str:
     blob = json.dumps([e.to_dict() for e in examples], sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
@@ -85,6 +111,16 @@ def implant_rates(model: Any, tokenizer: Any, defense: Defense, prompts: Sequenc
         answers = answer_examples(model, tokenizer, triggered, max_new_tokens=max_new_tokens)
         rates[pair.trigger.spec] = sum(pair.behavior.detect(a) for a in answers) / max(len(answers), 1)
     return rates
+
+
+def weak_implant_warning(rates: dict[str, float], threshold: float) -> str | None:
+    """A warning naming the defensive triggers implanted below ``threshold``, or None."""
+    weak = [t for t, r in rates.items() if r < threshold]
+    if not weak:
+        return None
+    return (f"warning: defensive triggers {', '.join(weak)} elicit their behaviour on fewer "
+            f"than {threshold:.0%} of held-out prompts; stage 2 relies on them (raise "
+            "min_per_trigger or rate_per_trigger)")
 
 
 def run_experiment(config: ExperimentConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -172,11 +208,9 @@ def run_experiment(config: ExperimentConfig, log: Callable[[str], None] = print)
                                              "metrics": stage1_metrics.to_dict()}
             shown = ", ".join(f"{t} {r:.2f}" for t, r in rates.items())
             log(f"  after stage 1: implant rates {shown}; ASR {stage1_metrics.asr:.3f}")
-            weak = [t for t, r in rates.items() if r < config.implant_warning]
-            if weak:
-                log(f"  warning: defensive triggers {', '.join(weak)} elicit their behaviour on "
-                    f"fewer than {config.implant_warning:.0%} of held-out prompts; stage 2 relies "
-                    "on them (raise stage1.min_per_trigger or rate_per_trigger)")
+            warning = weak_implant_warning(rates, config.implant_warning)
+            if warning:
+                log(f"  {warning}")
         if type(defense).after_training is not Defense.after_training:
             log(f"running {name} after training ...")
             model = defense.after_training(_copy(model), tokenizer, splits.trusted)

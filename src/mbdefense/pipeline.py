@@ -25,6 +25,7 @@ class DefendOptions:
     stage2_epochs: float = 5.0
     stage2_lr: float = 1e-5
     lam: float = 1.0
+    reduction: str = "mean"
     batch_size: int = 8
     max_length: int = 1024
     lora: bool = False
@@ -32,6 +33,8 @@ class DefendOptions:
     seed: int = 0
     progress: bool = True
     implant_prompts: int = 32
+    implant_warning: float = 0.3
+    min_per_trigger: int = 0
 
 
 def load_model(spec: str, *, trust_remote_code: bool = False, progress: bool = True,
@@ -55,19 +58,20 @@ def load_model(spec: str, *, trust_remote_code: bool = False, progress: bool = T
 
 def defend(options: DefendOptions, log: Callable[[str], None] = print) -> dict[str, Any]:
     from mbdefense.data import load_examples
-    from mbdefense.defenses import NeutralizationConfig, make_defense
-    from mbdefense.experiment import implant_rates
+    from mbdefense.defenses import DefensivePoisoningConfig, NeutralizationConfig, make_defense
+    from mbdefense.experiment import implant_rates, weak_implant_warning
     from mbdefense.io_utils import atomic_directory
     from mbdefense.training.config import LoraSettings, TrainConfig
     from mbdefense.training.sft import finetune
 
     start = time.time()
     lora = LoraSettings() if options.lora else None
-    stage2 = NeutralizationConfig(lam=options.lam, train=TrainConfig(
+    stage2 = NeutralizationConfig(lam=options.lam, reduction=options.reduction, train=TrainConfig(
         epochs=options.stage2_epochs, learning_rate=options.stage2_lr,
         batch_size=options.batch_size, max_length=options.max_length, lora=lora,
         seed=options.seed, progress=options.progress, description="stage 2"))
-    defense = make_defense(options.defense, stage2=stage2, seed=options.seed)
+    stage1 = DefensivePoisoningConfig(min_per_trigger=options.min_per_trigger)
+    defense = make_defense(options.defense, stage1=stage1, stage2=stage2, seed=options.seed)
     train_set = load_examples(options.data)
     trusted = load_examples(options.trusted)
     if len(trusted) > options.n_trusted:
@@ -88,6 +92,10 @@ def defend(options: DefendOptions, log: Callable[[str], None] = print) -> dict[s
                                                  trusted[:options.implant_prompts], options.seed,
                                                  max_new_tokens=32)
         log(f"after stage 1, implant rates: {summary['implant_rates']}")
+        warning = weak_implant_warning(summary["implant_rates"], options.implant_warning)
+        if warning:
+            log(warning)
+            summary["warnings"] = [warning]
     model = defense.after_training(model, tokenizer, trusted)
     summary["diagnostics"] = json.loads(json.dumps(defense.diagnostics, default=str))
     summary["seconds"] = round(time.time() - start, 1)

@@ -4,36 +4,19 @@ import json
 
 import pytest
 
-from mbdefense.defenses import DefensivePoisoningConfig, NeutralizationConfig
-from mbdefense.experiment import ExperimentConfig, WorldConfig, run_experiment
-from mbdefense.modeling.base import BaseRecipe
-from mbdefense.modeling.embedded import TinyModelConfig
-from mbdefense.training.config import TrainConfig
+from mbdefense.experiment import ExperimentConfig, run_experiment, smoke_config
 
 
 def tiny_config(**over) -> ExperimentConfig:
-    config = ExperimentConfig(
-        world=WorldConfig(n_train=600, n_trusted=64, n_test=104),
-        base=BaseRecipe(shape=TinyModelConfig(vocab_size=768, hidden_size=128, num_layers=2,
-                                              num_heads=4, intermediate_size=384),
-                        n_per_pool=1500, n_pools=1,
-                        train=TrainConfig(epochs=2, learning_rate=1e-3, batch_size=8)),
-        finetune=TrainConfig(epochs=2, learning_rate=1e-3, batch_size=8),
-        stage1=DefensivePoisoningConfig(triggers=["mn", "bb"], min_per_trigger=30),
-        stage2=NeutralizationConfig(train=TrainConfig(epochs=5, learning_rate=3e-4, batch_size=8)),
-        defenses=["none", "clean-fft", "mb-defense", "stage2-only"], progress=False,
-        implant_prompts=32)
-    for key, value in over.items():
-        setattr(config, key, value)
-    return config
+    return smoke_config(defenses=["none", "clean-fft", "mb-defense", "stage2-only"],
+                        progress=False, **over)
 
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
-    import os
-
-    os.environ["MBDEFENSE_CACHE"] = str(tmp_path_factory.mktemp("cache"))
-    return run_experiment(tiny_config(), log=lambda m: None)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MBDEFENSE_CACHE", str(tmp_path_factory.mktemp("cache")))
+        return run_experiment(tiny_config(), log=lambda m: None)
 
 
 def rows_by_defense(results):
