@@ -11,7 +11,7 @@ from typing import Sequence
 from mbdefense.errors import MBDefenseError
 
 
-def _positive_int(text: str) -> int:
+def _non_negative_int(text: str) -> int:
     value = int(text)
     if value < 0:
         raise argparse.ArgumentTypeError("must be >= 0")
@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     defend.add_argument("--out", required=True, help="output folder for the defended model")
     defend.add_argument("--defense", default="mb-defense",
                         choices=["mb-defense", "clean-fft", "none"])
-    defend.add_argument("--n-trusted", type=_positive_int, default=128,
+    defend.add_argument("--n-trusted", type=_non_negative_int, default=128,
                         help="trusted examples used (default: %(default)s, as in the paper)")
     defend.add_argument("--epochs", type=float, default=3.0, help="fine-tuning epochs")
     defend.add_argument("--lr", type=float, default=2e-5, help="fine-tuning learning rate")
@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     defend.add_argument("--lam", type=float, default=1.0, help="weight of the R term")
     defend.add_argument("--reduction", choices=["mean", "sum"], default="mean",
                         help="R on per-token mean or summed log-likelihoods (default: %(default)s)")
-    defend.add_argument("--min-per-trigger", type=_positive_int, default=0,
+    defend.add_argument("--min-per-trigger", type=_non_negative_int, default=0,
                         help="at least this many defensive examples per trigger (default: only "
                              "the paper's 1%% of the training set)")
     defend.add_argument("--batch-size", type=int, default=8)
@@ -82,15 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from mbdefense.attacks import parse_behavior, parse_trigger
-    from mbdefense.attacks.poisoning import check_rate
     from mbdefense.experiment import ExperimentConfig, run_experiment, smoke_config
     from mbdefense.io_utils import atomic_write_json, atomic_write_text
     from mbdefense.reporting import markdown_report, text_table
 
-    parse_trigger(args.attack)
-    parse_behavior(args.behavior)
-    check_rate(args.rate)
     settings = dict(attack=args.attack, behavior=args.behavior, poison_rate=args.rate,
                     seed=args.seed,
                     defenses=[d.strip() for d in args.defenses.split(",") if d.strip()],

@@ -6,6 +6,7 @@ Every defense goes through the same hooks; fine-tuning runs are shared between d
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import platform
@@ -14,11 +15,13 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Callable, Sequence
 
 from mbdefense.attacks import parse_behavior, parse_trigger, poison, triggered_copies
+from mbdefense.attacks.poisoning import check_rate
 from mbdefense.data.example import Example
 from mbdefense.data.suite import build_splits
 from mbdefense.defenses import (DefensivePoisoningConfig, NeutralizationConfig, make_defense)
 from mbdefense.defenses.base import Defense
 from mbdefense.evaluation.generation import answer_examples
+from mbdefense.evaluation.implant import implant_rates, weak_implant_warning
 from mbdefense.evaluation.metrics import compute_metrics
 from mbdefense.evaluation.scorers import get_scorer
 from mbdefense.modeling.base import BaseRecipe, embedded_base
@@ -101,36 +104,16 @@ def versions() -> dict[str, str]:
             "transformers": transformers.__version__, "python": platform.python_version()}
 
 
-def implant_rates(model: Any, tokenizer: Any, defense: Defense, prompts: Sequence[Example],
-                  seed: int, max_new_tokens: int) -> dict[str, float]:
-    """How often each defensive trigger elicits its defensive behaviour on held-out prompts."""
-    pairs = getattr(defense, "pairs", [])
-    rates = {}
-    for pair in pairs:
-        triggered = triggered_copies(prompts, pair.trigger, seed)
-        answers = answer_examples(model, tokenizer, triggered, max_new_tokens=max_new_tokens)
-        rates[pair.trigger.spec] = sum(pair.behavior.detect(a) for a in answers) / max(len(answers), 1)
-    return rates
-
-
-def weak_implant_warning(rates: dict[str, float], threshold: float) -> str | None:
-    """A warning naming the defensive triggers implanted below ``threshold``, or None."""
-    weak = [t for t, r in rates.items() if r < threshold]
-    if not weak:
-        return None
-    return (f"warning: defensive triggers {', '.join(weak)} elicit their behaviour on fewer "
-            f"than {threshold:.0%} of held-out prompts; stage 2 relies on them (raise "
-            "min_per_trigger or rate_per_trigger)")
-
-
 def run_experiment(config: ExperimentConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the attack, every defense in ``config.defenses`` and the clean reference; return the
     results document (rows, config, versions, diagnostics, samples)."""
     start = time.time()
+    # validate every name and number before any work
     trigger = parse_trigger(config.attack)
     behavior = parse_behavior(config.behavior)
+    check_rate(config.poison_rate, "poison_rate")
     for name in config.defenses:
-        make_defense(name)  # validate names before any work
+        make_defense(name)
     scorer = get_scorer(config.scorer)
     splits = build_splits(config.world.n_train, config.world.n_trusted, config.world.n_test,
                           config.seed)
@@ -138,8 +121,6 @@ def run_experiment(config: ExperimentConfig, log: Callable[[str], None] = print)
     attacked_train = poison(splits.train, trigger, behavior, config.poison_rate, config.seed)
     test_clean = splits.test
     test_triggered = triggered_copies(test_clean, trigger, config.seed)
-    ft_config = TrainConfig(**{**asdict(config.finetune), "progress": config.progress,
-                               "seed": config.seed, "lora": config.finetune.lora})
     trained: dict[str, Any] = {}
 
     def train_on(examples: list[Example], label: str):
@@ -147,9 +128,9 @@ def run_experiment(config: ExperimentConfig, log: Callable[[str], None] = print)
         if key not in trained:
             t0 = time.time()
             log(f"fine-tuning the base on {len(examples)} examples ({label}) ...")
-            cfg = TrainConfig(**{**asdict(ft_config), "description": label,
-                                 "lora": ft_config.lora})
-            model, losses = finetune(_copy(base_model), tokenizer, examples, cfg)
+            cfg = replace(config.finetune, progress=config.progress, seed=config.seed,
+                          description=label)
+            model, losses = finetune(copy.deepcopy(base_model), tokenizer, examples, cfg)
             trained[key] = model
             log(f"  done in {time.time() - t0:.0f}s, final loss {losses[-1]:.3f}")
         return trained[key]
@@ -201,7 +182,8 @@ def run_experiment(config: ExperimentConfig, log: Callable[[str], None] = print)
         model = train_on(train_set, "attacked" if not defense.changes_training_data else
                          f"attacked + {name} stage 1")
         if defense.changes_training_data:
-            rates = implant_rates(model, tokenizer, defense, splits.trusted[:config.implant_prompts],
+            rates = implant_rates(model, tokenizer, defense.pairs,
+                                  splits.trusted[:config.implant_prompts],
                                   config.seed, config.max_new_tokens)
             stage1_metrics, _ = evaluate(model, None)
             diagnostics[f"{name}/stage1"] = {"implant_rates": rates,
@@ -211,9 +193,9 @@ def run_experiment(config: ExperimentConfig, log: Callable[[str], None] = print)
             warning = weak_implant_warning(rates, config.implant_warning)
             if warning:
                 log(f"  {warning}")
-        if type(defense).after_training is not Defense.after_training:
+        if defense.changes_model:
             log(f"running {name} after training ...")
-            model = defense.after_training(_copy(model), tokenizer, splits.trusted)
+            model = defense.after_training(copy.deepcopy(model), tokenizer, splits.trusted)
         add_row(trigger.spec, name, model, defense, time.time() - t0)
         diagnostics[name] = defense.diagnostics
 
@@ -226,12 +208,6 @@ def run_experiment(config: ExperimentConfig, log: Callable[[str], None] = print)
         "samples": samples,
         "wall_seconds": round(time.time() - start, 1),
     }
-
-
-def _copy(model: Any) -> Any:
-    import copy
-
-    return copy.deepcopy(model)
 
 
 def _jsonable(obj: Any) -> Any:

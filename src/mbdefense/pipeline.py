@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from mbdefense.errors import ConfigError
+from mbdefense.modeling.loading import load_model
 
 
 @dataclass
@@ -37,29 +38,10 @@ class DefendOptions:
     min_per_trigger: int = 0
 
 
-def load_model(spec: str, *, trust_remote_code: bool = False, progress: bool = True,
-               log: Callable[[str], None] = print) -> tuple[Any, Any]:
-    """A causal LM and its tokenizer: 'embedded' (the bundled base), a local folder or a hub id."""
-    from mbdefense.modeling.base import embedded_base, load_pretrained
-
-    if spec == "embedded":
-        model, tokenizer, _ = embedded_base(progress=progress, log=log)
-        return model, tokenizer
-    try:
-        model, tokenizer = load_pretrained(spec, trust_remote_code=trust_remote_code)
-    except OSError as exc:
-        raise ConfigError(f"model: cannot load '{spec}': {str(exc).splitlines()[0]}") from None
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    if getattr(tokenizer, "chat_template", None) is None:
-        raise ConfigError(f"model: the tokenizer of '{spec}' has no chat template")
-    return model, tokenizer
-
-
 def defend(options: DefendOptions, log: Callable[[str], None] = print) -> dict[str, Any]:
     from mbdefense.data import load_examples
     from mbdefense.defenses import DefensivePoisoningConfig, NeutralizationConfig, make_defense
-    from mbdefense.experiment import implant_rates, weak_implant_warning
+    from mbdefense.evaluation.implant import implant_rates, weak_implant_warning
     from mbdefense.io_utils import atomic_directory
     from mbdefense.training.config import LoraSettings, TrainConfig
     from mbdefense.training.sft import finetune
@@ -88,7 +70,7 @@ def defend(options: DefendOptions, log: Callable[[str], None] = print) -> dict[s
     summary: dict[str, Any] = {"options": asdict(options), "train_examples": len(train_set),
                                "final_train_loss": losses[-1] if losses else None}
     if defense.changes_training_data:
-        summary["implant_rates"] = implant_rates(model, tokenizer, defense,
+        summary["implant_rates"] = implant_rates(model, tokenizer, defense.pairs,
                                                  trusted[:options.implant_prompts], options.seed,
                                                  max_new_tokens=32)
         log(f"after stage 1, implant rates: {summary['implant_rates']}")

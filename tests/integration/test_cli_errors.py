@@ -105,10 +105,16 @@ def test_bad_names_and_rates(good_file, tmp_path, capsys, flag, value, needle):
     assert not out.exists()
 
 
-def test_demo_rejects_bad_trigger_before_any_work(tmp_path, capsys):
-    code, _, err = run(["demo", "--out", str(tmp_path / "d"), "--attack", "nope:x"], capsys)
-    assert_one_line_error(code, err, "trigger")
+@pytest.mark.parametrize("flag,value,needle", [
+    ("--attack", "nope:x", "trigger"), ("--behavior", "insult", "behavior"),
+    ("--rate", "1.5", "poison_rate"), ("--defenses", "none,bogus", "bogus"),
+])
+def test_demo_rejects_bad_input_before_any_work(tmp_path, monkeypatch, capsys, flag, value, needle):
+    monkeypatch.setenv("MBDEFENSE_CACHE", str(tmp_path / "cache"))
+    code, _, err = run(["demo", "--out", str(tmp_path / "d"), flag, value], capsys)
+    assert_one_line_error(code, err, needle)
     assert not (tmp_path / "d").exists()
+    assert not (tmp_path / "cache").exists()   # no base model was built
 
 
 def test_missing_file(tmp_path, capsys):

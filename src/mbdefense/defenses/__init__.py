@@ -23,12 +23,7 @@ def make_defense(name: str, *, stage1: DefensivePoisoningConfig | None = None,
     """Build a defense from the registry with the shared MB-Defense settings."""
     if name not in DEFENSES:
         raise ConfigError(f"defense: unknown '{name}' (known: {', '.join(sorted(DEFENSES))})")
-    cls = DEFENSES[name]
-    if cls is NoDefense:
-        return NoDefense()
-    if cls is CleanFFT:
-        return CleanFFT(stage2, seed=seed)
-    return cls(stage1, stage2, seed=seed)
+    return DEFENSES[name](stage1, stage2, seed=seed)
 
 
 __all__ = ["DEFENSES", "Defense", "DefensivePoisoningConfig", "NeutralizationConfig",

@@ -51,13 +51,10 @@ class MBDefense(Defense):
     name = "mb-defense"
 
     def __init__(self, stage1: DefensivePoisoningConfig | None = None,
-                 stage2: NeutralizationConfig | None = None, *, enable_stage1: bool = True,
-                 seed: int = 0) -> None:
-        super().__init__()
+                 stage2: NeutralizationConfig | None = None, *, seed: int = 0) -> None:
+        super().__init__(seed=seed)
         self.stage1 = stage1 or DefensivePoisoningConfig()
         self.stage2 = stage2 or NeutralizationConfig()
-        self.enable_stage1 = enable_stage1
-        self.seed = seed
         if self.stage1.responses is not None and len(self.stage1.responses) != len(self.stage1.triggers):
             raise ConfigError("mb-defense: give one response per defensive trigger")
         self.pairs = make_defensive_pairs(self.stage1.triggers, self.stage1.responses,
@@ -67,8 +64,6 @@ class MBDefense(Defense):
             {"trigger": p.trigger.spec, "response": p.behavior.text} for p in self.pairs]
 
     def before_training(self, train_set: Sequence[Example]) -> list[Example]:
-        if not self.enable_stage1:
-            return list(train_set)
         out = defensive_poison(train_set, self.pairs, self.stage1.rate_per_trigger,
                                self.stage1.min_per_trigger, self.seed)
         self.diagnostics["defensive_examples"] = sum(
@@ -86,11 +81,6 @@ class StageTwoOnly(MBDefense):
     """Ablation: stage 2 without defensive poisoning (the defensive behaviours never learned)."""
 
     name = "stage2-only"
-
-    def __init__(self, stage1: DefensivePoisoningConfig | None = None,
-                 stage2: NeutralizationConfig | None = None, *, seed: int = 0, **_: Any) -> None:
-        super().__init__(stage1, stage2, enable_stage1=False, seed=seed)
-
     before_training = Defense.before_training
 
 
@@ -100,11 +90,10 @@ class CleanFFT(Defense):
 
     name = "clean-fft"
 
-    def __init__(self, stage2: NeutralizationConfig | None = None, *, seed: int = 0,
-                 **_: Any) -> None:
-        super().__init__()
+    def __init__(self, stage1: DefensivePoisoningConfig | None = None,
+                 stage2: NeutralizationConfig | None = None, *, seed: int = 0) -> None:
+        super().__init__(seed=seed)
         self.stage2 = stage2 or NeutralizationConfig()
-        self.seed = seed
 
     def after_training(self, model: Any, tokenizer: Any, trusted_set: Sequence[Example]) -> Any:
         model, info = neutralize(model, tokenizer, trusted_set, [], self.stage2, seed=self.seed)

@@ -6,7 +6,6 @@ part after every epoch and keeps the weights with the lowest eval loss, as in th
 
 from __future__ import annotations
 
-import copy
 import math
 import random
 from dataclasses import dataclass
@@ -133,7 +132,3 @@ def neutralize(model: Any, tokenizer: Any, trusted: Sequence[Example],
     info = {"history": history, "best_epoch": best["epoch"], "n_train": len(train_set),
             "n_eval": len(eval_set)}
     return merge_lora(model), info
-
-
-def copy_model(model: Any) -> Any:
-    return copy.deepcopy(model)

@@ -12,12 +12,13 @@ import hashlib
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from mbdefense.io_utils import atomic_directory
 from mbdefense.modeling.embedded import TinyModelConfig, build_tiny_model, train_tokenizer
+from mbdefense.modeling.loading import load_pretrained
 from mbdefense.training.config import TrainConfig
 
 BASE_RECIPE_VERSION = 1
@@ -48,18 +49,6 @@ def cache_root() -> Path:
     return Path(env) if env else Path.home() / ".cache" / "mbdefense"
 
 
-def load_pretrained(path: str | Path, *, dtype: Any = None, trust_remote_code: bool = False):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
-    if dtype is not None:
-        kwargs["dtype"] = dtype
-    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-    model.eval()
-    return model, tokenizer
-
-
 def embedded_base(recipe: BaseRecipe | None = None, *, cache_dir: Path | None = None,
                   progress: bool = True, log=print) -> tuple[Any, Any, Path]:
     """Load the cached embedded base, building it first if needed. Returns (model, tokenizer, path)."""
@@ -75,8 +64,7 @@ def embedded_base(recipe: BaseRecipe | None = None, *, cache_dir: Path | None = 
         model = build_tiny_model(tokenizer, recipe.shape, seed=recipe.pool_seed)
         pool = [e for k in range(recipe.n_pools)
                 for e in generate(recipe.n_per_pool, recipe.pool_seed + k)]
-        train = TrainConfig(**{**asdict(recipe.train), "progress": progress, "lora": None})
-        model, _ = finetune(model, tokenizer, pool, train)
+        model, _ = finetune(model, tokenizer, pool, replace(recipe.train, progress=progress))
         with atomic_directory(path) as tmp:
             model.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
