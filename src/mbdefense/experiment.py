@@ -22,7 +22,7 @@ from mbdefense.defenses import (DefensivePoisoningConfig, NeutralizationConfig, 
 from mbdefense.defenses.base import Defense
 from mbdefense.evaluation.generation import answer_examples
 from mbdefense.evaluation.implant import implant_rates, weak_implant_warning
-from mbdefense.evaluation.metrics import compute_metrics
+from mbdefense.evaluation.metrics import Metrics, compute_metrics
 from mbdefense.evaluation.scorers import get_scorer
 from mbdefense.modeling.base import BaseRecipe, embedded_base
 from mbdefense.training.config import TrainConfig
@@ -135,7 +135,7 @@ def run_experiment(config: ExperimentConfig, log: Callable[[str], None] = print)
             log(f"  done in {time.time() - t0:.0f}s, final loss {losses[-1]:.3f}")
         return trained[key]
 
-    def evaluate(model: Any, defense: Defense | None) -> tuple[Any, dict[str, Any]]:
+    def evaluate(model: Any, defense: Defense | None) -> tuple[Metrics, list[dict[str, str]]]:
         clean_in = defense.at_inference(test_clean) if defense else test_clean
         trig_in = defense.at_inference(test_triggered) if defense else test_triggered
         kwargs = {"max_new_tokens": config.max_new_tokens}

@@ -58,7 +58,7 @@ def defend(options: DefendOptions, log: Callable[[str], None] = print) -> dict[s
     trusted = load_examples(options.trusted)
     if len(trusted) > options.n_trusted:
         trusted = random.Random(f"trusted:{options.seed}").sample(trusted, options.n_trusted)
-    if options.defense != "none" and len(trusted) < 2:
+    if defense.changes_model and len(trusted) < 2:
         raise ConfigError("trusted: need at least 2 trusted examples")
     model, tokenizer = load_model(options.model, trust_remote_code=options.trust_remote_code,
                                   progress=options.progress, log=log)
