@@ -1,0 +1,433 @@
+"""The LLM judge against a scripted fake OpenAI-compatible server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Callable, Iterator
+
+import pytest
+
+from mbdefense.data.example import Example
+from mbdefense.errors import ConfigError, MBDefenseError
+from mbdefense.evaluation.judge import (
+    BASE_URL_ENV, MODEL_ENV, JudgeBackend, JudgeError, LLMJudge, OpenAICompatibleBackend,
+    judge_from_config, parse_verdict,
+)
+from mbdefense.evaluation.judge_prompts import JUDGE_CRITERIA, build_judge_prompt
+from mbdefense.evaluation.scorers import Scorer
+
+KEY_ENV = "MBDEFENSE_TEST_JUDGE_KEY"
+SECRET = "sk-test-SECRET-4242"
+
+
+# --------------------------------------------------------------------------- fake server
+
+
+@dataclass
+class Reply:
+    """What the fake server does for one request."""
+
+    status: int = 200
+    body: bytes = b""
+    delay: float = 0.0
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def completion(content: Any) -> Reply:
+    """A well-formed chat-completions reply with ``content``."""
+    payload = {"id": "x", "object": "chat.completion",
+               "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
+                            "finish_reason": "stop"}]}
+    return Reply(body=json.dumps(payload).encode())
+
+
+@dataclass
+class Seen:
+    headers: dict[str, str]
+    payload: Any
+
+
+_RESPONSE = re.compile(r"\[Response\]\n<<<\n(.*?)\n>>>", re.DOTALL)
+
+
+def response_in(seen_payload: Any) -> str:
+    """The answer being judged, read back out of the judge prompt."""
+    prompt = seen_payload["messages"][0]["content"]
+    match = _RESPONSE.search(prompt)
+    assert match, prompt
+    return match.group(1)
+
+
+def by_answer(index: int, payload: Any) -> Reply:
+    """Default script: 'yes' when the judged answer contains 'good'."""
+    verdict = "yes" if "good" in response_in(payload) else "no"
+    return completion(f"The answer was checked.\nVerdict: {verdict}")
+
+
+class FakeServer:
+    """A ThreadingHTTPServer whose reply to the n-th POST is ``script(n, payload)``."""
+
+    def __init__(self) -> None:
+        self.script: Callable[[int, Any], Reply] = by_answer
+        self.seen: list[Seen] = []
+        self._lock = threading.Lock()
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 (http.server naming)
+                raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                try:
+                    payload = json.loads(raw)
+                except ValueError:
+                    payload = None
+                with owner._lock:
+                    index = len(owner.seen)
+                    owner.seen.append(Seen(dict(self.headers.items()), payload))
+                reply = owner.script(index, payload)
+                try:
+                    if reply.delay:
+                        time.sleep(reply.delay)
+                    self.send_response(reply.status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(reply.body)))
+                    for name, value in reply.headers.items():
+                        self.send_header(name, value)
+                    self.end_headers()
+                    self.wfile.write(reply.body)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up (timeout tests)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.01,),
+                                       daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        host, port = self.httpd.server_address[:2]
+        return f"http://{host}:{port}/v1"
+
+    @property
+    def count(self) -> int:
+        with self._lock:
+            return len(self.seen)
+
+
+@pytest.fixture(autouse=True)
+def _no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY",
+                 "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.delenv(KEY_ENV, raising=False)
+
+
+@pytest.fixture
+def server() -> Iterator[FakeServer]:
+    fake = FakeServer()
+    fake.thread.start()
+    try:
+        yield fake
+    finally:
+        fake.httpd.shutdown()
+        fake.httpd.server_close()
+        fake.thread.join(timeout=5)
+
+
+class Sleeps(list):
+    """An injectable ``sleep`` that records and does not wait."""
+
+    def __call__(self, seconds: float) -> None:
+        self.append(seconds)
+
+
+def backend(server: FakeServer, **kw: Any) -> OpenAICompatibleBackend:
+    kw.setdefault("api_key_env", KEY_ENV)
+    kw.setdefault("timeout", 5.0)
+    kw.setdefault("sleep", Sleeps())
+    return OpenAICompatibleBackend("judge-model", server.base_url, **kw)
+
+
+def examples(n: int) -> list[Example]:
+    return [Example(f"Instruction {i}", output=f"reference {i}") for i in range(n)]
+
+
+# --------------------------------------------------------------------------- good answers
+
+
+def test_verdicts_map_and_keep_order_under_concurrency(server: FakeServer) -> None:
+    answers = [f"answer {i} {'good' if i % 3 == 0 else 'bad'}" for i in range(10)]
+
+    def slow_first(index: int, payload: Any) -> Reply:
+        reply = by_answer(index, payload)
+        reply.delay = max(0.0, 0.12 - 0.03 * index)  # early requests finish last
+        return reply
+
+    server.script = slow_first
+    judge = LLMJudge(backend(server), "cacc", concurrency=4)
+    assert isinstance(judge, Scorer) and judge.name == "llm-judge:cacc"
+
+    verdicts = judge.judge(answers, examples(10))
+
+    assert verdicts == [i % 3 == 0 for i in range(10)]
+    assert judge.scores(answers[:1], examples(1)) == [1.0]
+    assert server.count == 10
+    assert judge.stats["requests"] == 10 and judge.stats["unparsed"] == 0
+    payload = server.seen[0].payload
+    assert payload["model"] == "judge-model"
+    assert payload["temperature"] == 0.0 and payload["max_tokens"] == 512
+    assert [m["role"] for m in payload["messages"]] == ["user"]
+    assert "Verdict: yes" in payload["messages"][0]["content"]
+
+
+def test_backend_is_a_judge_backend(server: FakeServer) -> None:
+    assert isinstance(backend(server), JudgeBackend)
+    assert backend(server).complete("anything\n[Response]\n<<<\ngood\n>>>").endswith("yes")
+
+
+# --------------------------------------------------------------------------- the key
+
+
+def test_authorization_header_from_env_and_key_never_stored(
+        server: FakeServer, tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(KEY_ENV, SECRET)
+    cache = tmp_path / "verdicts.jsonl"
+    judge = LLMJudge(backend(server), "toxic", cache_path=cache)
+
+    assert judge.judge(["good", "bad"], examples(2)) == [True, False]
+
+    assert [s.headers.get("Authorization") for s in server.seen] == [f"Bearer {SECRET}"] * 2
+    text = cache.read_text()
+    assert SECRET not in text and len(text.splitlines()) == 2
+    for line in text.splitlines():
+        assert set(json.loads(line)) == {"key", "verdict", "reply"}
+    assert SECRET not in repr(judge) and SECRET not in repr(judge.backend)
+    assert SECRET not in json.dumps(vars(judge.backend), default=repr)
+
+
+def test_no_authorization_header_without_key(server: FakeServer) -> None:
+    LLMJudge(backend(server)).judge(["good"], examples(1))
+    assert "Authorization" not in server.seen[0].headers
+
+
+def test_key_not_in_error_message_even_when_echoed(
+        server: FakeServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(KEY_ENV, SECRET)
+    server.script = lambda i, p: Reply(
+        status=401, body=f"bad key {server.seen[i].headers.get('Authorization')}".encode())
+    with pytest.raises(JudgeError) as info:
+        backend(server).complete("x")
+    assert SECRET not in str(info.value) and "401" in str(info.value)
+
+
+# --------------------------------------------------------------------------- malformed replies
+
+
+def test_reply_without_verdict_is_reasked_then_false(server: FakeServer) -> None:
+    server.script = lambda i, p: completion("The response looks fine to me.")
+    judge = LLMJudge(backend(server))
+
+    assert judge.judge(["good"], examples(1)) == [False]
+    assert server.count == 2
+    assert judge.stats == {"requests": 2, "cache_hits": 0, "unparsed": 1}
+
+
+def test_reasked_reply_with_verdict_counts(server: FakeServer) -> None:
+    server.script = lambda i, p: completion("Hmm." if i == 0 else "Fine.\n**Verdict:** Yes")
+    judge = LLMJudge(backend(server))
+
+    assert judge.judge(["bad"], examples(1)) == [True]
+    assert server.count == 2 and judge.stats["unparsed"] == 0
+
+
+def test_unparsed_raises_when_asked_to(server: FakeServer) -> None:
+    server.script = lambda i, p: completion("Verdict: perhaps")
+    judge = LLMJudge(backend(server), on_unparsed="error")
+    with pytest.raises(JudgeError, match="Verdict"):
+        judge.judge(["good"], examples(1))
+    assert server.count == 2
+
+
+@pytest.mark.parametrize("body", [b"this is not json", b'{"choices": []}',
+                                  b'{"choices": [{"message": {"content": null}}]}'])
+def test_malformed_json_body_is_a_judge_error(server: FakeServer, body: bytes) -> None:
+    server.script = lambda i, p: Reply(body=body)
+    with pytest.raises(JudgeError) as info:
+        LLMJudge(backend(server)).judge(["good"], examples(1))
+    assert isinstance(info.value, MBDefenseError)
+    assert server.base_url in str(info.value)
+    assert server.count == 1
+
+
+# --------------------------------------------------------------------------- timeouts, retries
+
+
+def test_timeouts_are_retried_then_fail(server: FakeServer) -> None:
+    def hang(index: int, payload: Any) -> Reply:
+        reply = by_answer(index, payload)
+        reply.delay = 0.6
+        return reply
+
+    server.script = hang
+    sleeps = Sleeps()
+    start = time.monotonic()
+    with pytest.raises(JudgeError, match="timed out") as info:
+        backend(server, timeout=0.2, max_retries=1, backoff=0.5, sleep=sleeps).complete(
+            "[Response]\n<<<\ngood\n>>>")
+    assert time.monotonic() - start < 2.0
+    assert server.count == 2 and sleeps == [0.5]
+    assert "/v1/chat/completions" in str(info.value) and "2 tries" in str(info.value)
+
+
+def test_503_and_429_are_retried_with_backoff(server: FakeServer) -> None:
+    script = [Reply(status=503, body=b"busy"), Reply(status=429, body=b"slow down")]
+    server.script = lambda i, p: script[i] if i < len(script) else by_answer(i, p)
+    sleeps = Sleeps()
+    judge = LLMJudge(backend(server, backoff=1.0, sleep=sleeps))
+
+    assert judge.judge(["good"], examples(1)) == [True]
+    assert server.count == 3
+    assert sleeps == [1.0, 2.0]
+
+
+def test_retry_after_header_is_honoured(server: FakeServer) -> None:
+    server.script = lambda i, p: (Reply(status=429, headers={"Retry-After": "3"}) if i == 0
+                                  else by_answer(i, p))
+    sleeps = Sleeps()
+    assert backend(server, backoff=0.1, sleep=sleeps).complete(
+        "[Response]\n<<<\ngood\n>>>").endswith("yes")
+    assert sleeps == [3.0]
+
+
+def test_persistent_5xx_fails_naming_url_and_status(server: FakeServer) -> None:
+    server.script = lambda i, p: Reply(status=500, body=b"boom")
+    with pytest.raises(JudgeError) as info:
+        backend(server, max_retries=2).complete("x")
+    assert server.count == 3
+    assert info.value.status == 500 and "HTTP 500" in str(info.value)
+    assert f"{server.base_url}/chat/completions" in str(info.value)
+
+
+def test_400_is_not_retried(server: FakeServer) -> None:
+    server.script = lambda i, p: Reply(status=400, body=b'{"error": "bad request"}')
+    sleeps = Sleeps()
+    with pytest.raises(JudgeError) as info:
+        LLMJudge(backend(server, sleep=sleeps)).judge(["good"], examples(1))
+    assert server.count == 1 and sleeps == []
+    assert info.value.status == 400 and "HTTP 400" in str(info.value)
+    assert server.base_url in str(info.value)
+
+
+def test_connection_refused_is_retried_then_fails() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    sleeps = Sleeps()
+    b = OpenAICompatibleBackend("m", f"http://127.0.0.1:{port}/v1", max_retries=2,
+                                sleep=sleeps, timeout=1.0)
+    with pytest.raises(JudgeError, match="connection error"):
+        b.complete("x")
+    assert len(sleeps) == 2
+
+
+# --------------------------------------------------------------------------- the cache
+
+
+def test_cache_makes_reruns_free(server: FakeServer, tmp_path) -> None:
+    cache = tmp_path / "sub" / "cache.jsonl"
+    answers = ["good one", "bad one", "good two"]
+    judge = LLMJudge(backend(server), "cacc", cache_path=cache, concurrency=3)
+    first = judge.judge(answers, examples(3))
+    assert first == [True, False, True] and server.count == 3
+
+    assert judge.judge(answers, examples(3)) == first
+    assert server.count == 3 and judge.stats["cache_hits"] == 3
+
+    again = LLMJudge(backend(server), "cacc", cache_path=cache)
+    assert again.judge(answers, examples(3)) == first
+    assert server.count == 3 and again.stats == {"requests": 0, "cache_hits": 3, "unparsed": 0}
+
+    other = LLMJudge(backend(server), "toxic", cache_path=cache)  # criterion is in the key
+    other.judge(answers[:1], examples(1))
+    assert server.count == 4
+
+
+def test_cache_skips_torn_lines_and_keeps_unparsed_out(server: FakeServer, tmp_path) -> None:
+    cache = tmp_path / "cache.jsonl"
+    cache.write_text('{"key": "abc", "verd')  # a line torn by a crash
+    server.script = lambda i, p: completion("no verdict here")
+    judge = LLMJudge(backend(server), cache_path=cache)
+    assert judge.judge(["good"], examples(1)) == [False]
+    assert cache.read_text() == '{"key": "abc", "verd'  # unparsed verdicts are not cached
+
+
+def test_duplicate_prompts_are_asked_once(server: FakeServer) -> None:
+    judge = LLMJudge(backend(server))
+    assert judge.judge(["good"] * 4, [Example("same")] * 4) == [True] * 4
+    assert server.count == 1
+
+
+# --------------------------------------------------------------------------- parsing, config
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("Reasoning.\nVerdict: yes", True),
+    ("Reasoning.\nVerdict: no", False),
+    ("verdict: YES.", True),
+    ("**Verdict:** Yes", True),
+    ("**Verdict: No**", False),
+    ("Verdict: *no*\n", False),
+    ("Final verdict: yes", True),
+    ("Verdict: no\nOn reflection...\nVerdict: yes", True),
+    ("Verdict: yes\nVerdict: no", False),
+    ("I will answer with Verdict: yes", None),
+    ("The answer is yes.", None),
+    ("Verdict: yes/no", None),
+    ("Verdict: maybe", None),
+    ("Verdict: yes\nVerdict: unclear", None),
+    ("", None),
+])
+def test_parse_verdict(text: str, expected: bool | None) -> None:
+    assert parse_verdict(text) is expected
+
+
+def test_unknown_criterion_lists_known(server: FakeServer) -> None:
+    with pytest.raises(ConfigError) as info:
+        LLMJudge(backend(server), "helpfulness")
+    for name in JUDGE_CRITERIA:
+        assert name in str(info.value)
+    with pytest.raises(ConfigError):
+        LLMJudge(backend(server), on_unparsed="true")
+
+
+def test_judge_from_config_uses_env_and_names_missing(
+        server: FakeServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(MODEL_ENV, raising=False)
+    monkeypatch.delenv(BASE_URL_ENV, raising=False)
+    with pytest.raises(ConfigError, match=MODEL_ENV):
+        judge_from_config(base_url=server.base_url)
+    with pytest.raises(ConfigError, match=BASE_URL_ENV):
+        judge_from_config(model="m")
+    monkeypatch.setenv(MODEL_ENV, "env-model")
+    monkeypatch.setenv(BASE_URL_ENV, server.base_url)
+    judge = judge_from_config(criterion="refusal", api_key_env=KEY_ENV, concurrency=2)
+    assert judge.name == "llm-judge:refusal" and judge.concurrency == 2
+    assert judge.judge(["good"], examples(1)) == [True]
+    assert server.seen[0].payload["model"] == "env-model"
+
+
+def test_prompts_carry_inputs_and_reference_only_for_cacc() -> None:
+    example = Example("Summarise {this}", input="Some {braced} text", output="ref answer")
+    for criterion in JUDGE_CRITERIA:
+        prompt = build_judge_prompt(criterion, example.prompt_text, "my answer", "ref answer")
+        assert "Summarise {this}" in prompt and "Some {braced} text" in prompt
+        assert "my answer" in prompt and prompt.rstrip().endswith("nothing after it.")
+        assert ("ref answer" in prompt) == (criterion == "cacc")
