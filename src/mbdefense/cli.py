@@ -70,7 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
     defend = sub.add_parser("defend", help="train your model on your (possibly poisoned) data "
                                            "with a defense")
     defend.add_argument("--model", required=True,
-                        help="local path or hub id of a causal LM, or 'embedded'")
+                        help="'embedded', 'smollm2-135m' (the smollm2 extra), a local folder, a "
+                             "local .gguf file or a hub id of a causal LM")
+    defend.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"],
+                        default=None, help="weights' dtype (default: the checkpoint's; float32 "
+                                           "for GGUF)")
     defend.add_argument("--data", required=True, help="training data")
     defend.add_argument("--trusted", required=True, help="trusted clean data for stage 2")
     defend.add_argument("--out", required=True, help="output folder for the defended model")
@@ -150,7 +154,7 @@ def _cmd_defend(args: argparse.Namespace) -> int:
     from mbdefense.pipeline import DefendOptions, defend
 
     options = DefendOptions(
-        model=args.model, data=args.data, trusted=args.trusted, out=args.out,
+        model=args.model, dtype=args.dtype, data=args.data, trusted=args.trusted, out=args.out,
         defense=args.defense, n_trusted=args.n_trusted, epochs=args.epochs, lr=args.lr,
         stage2_epochs=args.stage2_epochs, stage2_lr=args.stage2_lr, lam=args.lam,
         min_per_trigger=args.min_per_trigger, reduction=args.reduction,

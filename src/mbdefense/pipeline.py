@@ -36,6 +36,7 @@ class DefendOptions:
     implant_prompts: int = 32
     implant_warning: float = 0.3
     min_per_trigger: int = 0
+    dtype: str | None = None
 
 
 def defend(options: DefendOptions, log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -60,7 +61,8 @@ def defend(options: DefendOptions, log: Callable[[str], None] = print) -> dict[s
         trusted = random.Random(f"trusted:{options.seed}").sample(trusted, options.n_trusted)
     if defense.changes_model and len(trusted) < 2:
         raise ConfigError("trusted: need at least 2 trusted examples")
-    model, tokenizer = load_model(options.model, trust_remote_code=options.trust_remote_code,
+    model, tokenizer = load_model(options.model, dtype=options.dtype,
+                                  trust_remote_code=options.trust_remote_code,
                                   progress=options.progress, log=log)
     train_set = defense.before_training(train_set)
     log(f"fine-tuning on {len(train_set)} examples ...")

@@ -19,6 +19,8 @@ class Metrics:
     aacc: float   # share of triggered instructions answered correctly
     n_clean: int
     n_triggered: int
+    clean_asr: float = 0.0    # share of clean instructions showing the behaviour (false refusals)
+    clean_score: float = 0.0  # mean graded correctness on clean instructions (e.g. ROUGE-L)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -40,10 +42,14 @@ def compute_metrics(clean: Sequence[Example], clean_answers: Sequence[str],
     if len(clean) != len(clean_answers) or len(triggered) != len(triggered_answers):
         raise ValueError("compute_metrics: examples and answers differ in length")
     correct = as_scorer(correct)
+    clean_scores = correct.scores(clean_answers, clean) if clean else []
     cacc = share(correct.judge(clean_answers, clean)) if clean else 0.0
     aacc = share(correct.judge(triggered_answers, triggered)) if triggered else 0.0
-    asr = 0.0
-    if behavior is not None and triggered:
+    asr = clean_asr = 0.0
+    if behavior is not None:
         judge = attack_scorer or BehaviorScorer(behavior)
-        asr = share(judge.judge(triggered_answers, triggered))
-    return Metrics(cacc=cacc, asr=asr, aacc=aacc, n_clean=len(clean), n_triggered=len(triggered))
+        asr = share(judge.judge(triggered_answers, triggered)) if triggered else 0.0
+        clean_asr = share(judge.judge(clean_answers, clean)) if clean else 0.0
+    return Metrics(cacc=cacc, asr=asr, aacc=aacc, n_clean=len(clean), n_triggered=len(triggered),
+                   clean_asr=clean_asr,
+                   clean_score=sum(clean_scores) / len(clean_scores) if clean_scores else 0.0)

@@ -1,41 +1,120 @@
-"""Loading a causal LM and its tokenizer: the embedded base, a local folder, or a hub id."""
+"""Loading a causal LM and its tokenizer: a registry name (the embedded base, SmolLM2 from
+GGUF, ...), a local folder, a local ``.gguf`` file or a hub id (see
+:func:`mbdefense.modeling.registry.resolve_model`)."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Callable
 
 from mbdefense.errors import ConfigError
 
+#: The dtype names :func:`load_model` accepts (``None`` leaves the choice to transformers).
+DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
 
-def load_pretrained(path: str | Path, *, dtype: Any = None, trust_remote_code: bool = False):
-    """Model (in eval mode) and tokenizer saved by ``save_pretrained`` or named on the hub."""
+
+def resolve_dtype(dtype: Any, *, gguf: bool = False) -> Any:
+    """``None``, a torch dtype or one of :data:`DTYPE_CHOICES` -> what ``from_pretrained``
+    takes. A GGUF model is dequantised, so ``None`` and ``"auto"`` give float32 there (a
+    trainable model)."""
+    import torch
+
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype is not None and dtype not in DTYPE_CHOICES:
+        raise ConfigError(f"model: unknown dtype {dtype!r}; choose one of "
+                          f"{', '.join(DTYPE_CHOICES)}")
+    if gguf and dtype in (None, "auto"):
+        return torch.float32
+    if dtype in (None, "auto"):
+        return dtype
+    return getattr(torch, dtype)
+
+
+def load_pretrained(path: str | Path, *, dtype: Any = None, trust_remote_code: bool = False,
+                    gguf_file: str | None = None):
+    """Model (in eval mode) and tokenizer saved by ``save_pretrained``, named on the hub, or
+    read from ``gguf_file`` inside the folder ``path`` (dequantised; float32 unless ``dtype``
+    says otherwise)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+    common: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+    if gguf_file is not None:
+        common["gguf_file"] = gguf_file
+    tokenizer = AutoTokenizer.from_pretrained(path, **common)
+    kwargs = dict(common)
+    dtype = resolve_dtype(dtype, gguf=gguf_file is not None)
     if dtype is not None:
         kwargs["dtype"] = dtype
+    if gguf_file is not None:
+        try:  # newer transformers can keep GGUF weights packed (not trainable): unpack them
+            from transformers import GgufConfig
+        except ImportError:  # pragma: no cover - older transformers always unpack
+            pass
+        else:
+            kwargs["quantization_config"] = GgufConfig(dequantize=True)
     model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    quantizer = getattr(model, "hf_quantizer", None)
+    if gguf_file is not None and quantizer is not None:
+        # The weights are plain tensors now; dropping the GGUF quantizer makes the model
+        # trainable and savable with save_pretrained like any other.
+        quantizer.remove_quantization_config(model)
     model.eval()
     return model, tokenizer
 
 
-def load_model(spec: str, *, trust_remote_code: bool = False, progress: bool = True,
-               log: Callable[[str], None] = print) -> tuple[Any, Any]:
-    """A causal LM ready for instruction tuning: 'embedded' (the bundled base), a local folder
-    or a hub id. Its tokenizer must have a chat template; a missing pad token becomes EOS."""
-    from mbdefense.modeling.base import embedded_base
+@contextlib.contextmanager
+def _progress_bars(enabled: bool) -> Iterator[None]:
+    from transformers.utils import logging as hf_logging
 
-    if spec == "embedded":
-        model, tokenizer, _ = embedded_base(progress=progress, log=log)
-        return model, tokenizer
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    if not enabled and was_enabled:
+        hf_logging.disable_progress_bar()
     try:
-        model, tokenizer = load_pretrained(spec, trust_remote_code=trust_remote_code)
-    except OSError as exc:
-        raise ConfigError(f"model: cannot load '{spec}': {str(exc).splitlines()[0]}") from None
+        yield
+    finally:
+        if not enabled and was_enabled:
+            hf_logging.enable_progress_bar()
+
+
+def load_model(spec: str, *, dtype: Any = None, trust_remote_code: bool = False,
+               progress: bool = True, log: Callable[[str], None] = print) -> tuple[Any, Any]:
+    """A causal LM ready for instruction tuning: a registry name ('embedded' -- the bundled
+    base -- or e.g. 'smollm2-135m'), a local folder, a local ``.gguf`` file or a hub id.
+
+    ``dtype`` is one of :data:`DTYPE_CHOICES` or None (the checkpoint's default; float32 for
+    GGUF, whose weights are dequantised). Remote code runs only with
+    ``trust_remote_code=True``. The tokenizer must have a chat template; a missing pad token
+    becomes EOS. Raises :class:`~mbdefense.errors.ConfigError` when the model cannot be
+    found or loaded."""
+    from mbdefense.modeling.registry import resolve_model
+
+    source = resolve_model(spec)
+    torch_dtype = resolve_dtype(dtype)  # reject a bad dtype before the (slow) load
+    if source.kind == "embedded":
+        from mbdefense.modeling.base import embedded_base
+
+        model, tokenizer, _ = embedded_base(progress=progress, log=log)
+        if torch_dtype not in (None, "auto"):
+            model = model.to(torch_dtype)
+        return model, tokenizer
+    if source.kind == "gguf":
+        log(f"loading {source.label} from GGUF (dequantising) ...")
+    try:
+        with _progress_bars(progress):
+            model, tokenizer = load_pretrained(source.path, dtype=dtype,
+                                               trust_remote_code=trust_remote_code,
+                                               gguf_file=source.gguf_file)
+    except (OSError, ValueError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ConfigError(f"model: cannot load '{spec}': {first}") from None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
+    if getattr(model, "generation_config", None) is not None \
+            and model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
     if getattr(tokenizer, "chat_template", None) is None:
         raise ConfigError(f"model: the tokenizer of '{spec}' has no chat template")
     return model, tokenizer
