@@ -17,6 +17,7 @@ from mbdefense.attacks.poisoning import check_rate
 from mbdefense.comparison import ComparisonSettings, Workload, compare_defenses
 from mbdefense.data.suite import build_splits
 from mbdefense.defenses import DefensivePoisoningConfig, NeutralizationConfig, make_defense
+from mbdefense.errors import ConfigError
 from mbdefense.evaluation.scorers import get_scorer
 from mbdefense.modeling.base import BaseRecipe, embedded_base
 from mbdefense.training.config import TrainConfig
@@ -99,6 +100,10 @@ def run_experiment(config: ExperimentConfig, log: Callable[[str], None] = print)
     # validate every name and number before any work
     trigger = parse_trigger(config.attack)
     behavior = parse_behavior(config.behavior)
+    if behavior.kind == "jailbreak":
+        raise ConfigError("behavior: jailbreak needs harmful requests with compliant answers, "
+                          "which the embedded suite does not have; poison your own data with "
+                          "`mbdefense poison --behavior jailbreak --source FILE`")
     check_rate(config.poison_rate, "poison_rate")
     for name in config.defenses:
         make_defense(name)

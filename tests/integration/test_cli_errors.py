@@ -108,6 +108,7 @@ def test_bad_names_and_rates(good_file, tmp_path, capsys, flag, value, needle):
 @pytest.mark.parametrize("flag,value,needle", [
     ("--attack", "nope:x", "trigger"), ("--behavior", "insult", "behavior"),
     ("--rate", "1.5", "poison_rate"), ("--defenses", "none,bogus", "bogus"),
+    ("--attack", "style:haiku", "unknown style"), ("--behavior", "jailbreak", "--source"),
 ])
 def test_demo_rejects_bad_input_before_any_work(tmp_path, monkeypatch, capsys, flag, value, needle):
     monkeypatch.setenv("MBDEFENSE_CACHE", str(tmp_path / "cache"))
