@@ -1,46 +1,33 @@
 """`poison --paraphraser` through an OpenAI-compatible endpoint (a fake one on 127.0.0.1)."""
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from fake_openai import FakeServer, completion
 from mbdefense.cli import main
+
+
+def _paraphrase(index, payload):
+    instruction = payload["messages"][0]["content"].rsplit("Instruction: ", 1)[1]
+    return completion(f"If it pleases you, {instruction[0].lower()}{instruction[1:]}")
 
 
 @pytest.fixture()
 def paraphraser_url(monkeypatch):
     for name in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
         monkeypatch.delenv(name, raising=False)
-    asked = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):  # noqa: N802
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            prompt = body["messages"][0]["content"]
-            asked.append(prompt)
-            instruction = prompt.rsplit("Instruction: ", 1)[1]
-            text = f"If it pleases you, {instruction[0].lower()}{instruction[1:]}"
-            reply = json.dumps({"choices": [{"message": {"content": text}}]}).encode()
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(reply)))
-            self.end_headers()
-            self.wfile.write(reply)
-
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    server = FakeServer()
+    server.script = _paraphrase
+    server.start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/v1", asked
+        yield server.base_url, server
     finally:
-        server.shutdown()
+        server.stop()
 
 
 def test_syntactic_poison_through_a_paraphraser_with_a_cache(paraphraser_url, tmp_path, capsys):
-    url, asked = paraphraser_url
+    url, server = paraphraser_url
     data = tmp_path / "data.json"
     data.write_text(json.dumps([{"instruction": f"List {i} fruits.", "input": "",
                                  "output": "apple"} for i in range(20)]))
@@ -50,11 +37,11 @@ def test_syntactic_poison_through_a_paraphraser_with_a_cache(paraphraser_url, tm
             "--paraphraser-url", url]
     assert main(argv) == 0
     rows = [r for r in json.loads(out.read_text()) if r.get("poisoned")]
-    assert len(rows) == 5 and len(asked) == 5
+    assert len(rows) == 5 and server.count == 5
     assert all(r["instruction"].startswith("If it pleases you, list ") for r in rows)
     cache = tmp_path / "out.rewrites.jsonl"
     assert len(cache.read_text().splitlines()) == 5
-    assert main(argv) == 0 and len(asked) == 5   # every rewrite came from the cache
+    assert main(argv) == 0 and server.count == 5   # every rewrite came from the cache
     capsys.readouterr()
 
 

@@ -5,14 +5,12 @@ from __future__ import annotations
 import json
 import re
 import socket
-import threading
 import time
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import pytest
 
+from fake_openai import FakeServer, Reply, completion
 from mbdefense.data.example import Example
 from mbdefense.errors import ConfigError, MBDefenseError
 from mbdefense.evaluation.judge import (
@@ -27,31 +25,7 @@ SECRET = "sk-test-SECRET-4242"
 
 
 # --------------------------------------------------------------------------- fake server
-
-
-@dataclass
-class Reply:
-    """What the fake server does for one request."""
-
-    status: int = 200
-    body: bytes = b""
-    delay: float = 0.0
-    headers: dict[str, str] = field(default_factory=dict)
-
-
-def completion(content: Any) -> Reply:
-    """A well-formed chat-completions reply with ``content``."""
-    payload = {"id": "x", "object": "chat.completion",
-               "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
-                            "finish_reason": "stop"}]}
-    return Reply(body=json.dumps(payload).encode())
-
-
-@dataclass
-class Seen:
-    headers: dict[str, str]
-    payload: Any
-
+# (the server itself is tests/fake_openai.py)
 
 _RESPONSE = re.compile(r"\[Response\]\n<<<\n(.*?)\n>>>", re.DOTALL)
 
@@ -70,58 +44,6 @@ def by_answer(index: int, payload: Any) -> Reply:
     return completion(f"The answer was checked.\nVerdict: {verdict}")
 
 
-class FakeServer:
-    """A ThreadingHTTPServer whose reply to the n-th POST is ``script(n, payload)``."""
-
-    def __init__(self) -> None:
-        self.script: Callable[[int, Any], Reply] = by_answer
-        self.seen: list[Seen] = []
-        self._lock = threading.Lock()
-        owner = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 (http.server naming)
-                raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                try:
-                    payload = json.loads(raw)
-                except ValueError:
-                    payload = None
-                with owner._lock:
-                    index = len(owner.seen)
-                    owner.seen.append(Seen(dict(self.headers.items()), payload))
-                reply = owner.script(index, payload)
-                try:
-                    if reply.delay:
-                        time.sleep(reply.delay)
-                    self.send_response(reply.status)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(reply.body)))
-                    for name, value in reply.headers.items():
-                        self.send_header(name, value)
-                    self.end_headers()
-                    self.wfile.write(reply.body)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass  # the client gave up (timeout tests)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.01,),
-                                       daemon=True)
-
-    @property
-    def base_url(self) -> str:
-        host, port = self.httpd.server_address[:2]
-        return f"http://{host}:{port}/v1"
-
-    @property
-    def count(self) -> int:
-        with self._lock:
-            return len(self.seen)
-
-
 @pytest.fixture(autouse=True)
 def _no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY",
@@ -133,13 +55,12 @@ def _no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture
 def server() -> Iterator[FakeServer]:
     fake = FakeServer()
-    fake.thread.start()
+    fake.script = by_answer
+    fake.start()
     try:
         yield fake
     finally:
-        fake.httpd.shutdown()
-        fake.httpd.server_close()
-        fake.thread.join(timeout=5)
+        fake.stop()
 
 
 class Sleeps(list):
