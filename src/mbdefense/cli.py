@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -47,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--size", choices=["default", "smoke"], default="default",
                       help="'smoke': a one-minute run on a smaller model and data set, to check "
                            "an installation (clean accuracy is low); default: %(default)s")
+    demo.add_argument("--margin", type=float, default=0.0,
+                      help="stage-2 margin in R, in nats per token (default: %(default)s)")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
 
     poison = sub.add_parser("poison", help="poison an instruction data file")
@@ -87,6 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     defend.add_argument("--stage2-epochs", type=float, default=5.0)
     defend.add_argument("--stage2-lr", type=float, default=1e-5)
     defend.add_argument("--lam", type=float, default=1.0, help="weight of the R term")
+    defend.add_argument("--margin", type=float, default=0.0,
+                        help="stage-2 margin in R: log sigmoid(lp_clean - lp_defensive - margin)")
     defend.add_argument("--reduction", choices=["mean", "sum"], default="mean",
                         help="R on per-token mean or summed log-likelihoods (default: %(default)s)")
     defend.add_argument("--min-per-trigger", type=_non_negative_int, default=0,
@@ -112,6 +117,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
                     defenses=[d.strip() for d in args.defenses.split(",") if d.strip()],
                     progress=not args.quiet and sys.stderr.isatty())
     config = smoke_config(**settings) if args.size == "smoke" else ExperimentConfig(**settings)
+    config.stage2 = dataclasses.replace(config.stage2, margin=args.margin)
     log = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     results = run_experiment(config, log=log)
     out = Path(args.out)
@@ -157,6 +163,7 @@ def _cmd_defend(args: argparse.Namespace) -> int:
         model=args.model, dtype=args.dtype, data=args.data, trusted=args.trusted, out=args.out,
         defense=args.defense, n_trusted=args.n_trusted, epochs=args.epochs, lr=args.lr,
         stage2_epochs=args.stage2_epochs, stage2_lr=args.stage2_lr, lam=args.lam,
+        margin=args.margin,
         min_per_trigger=args.min_per_trigger, reduction=args.reduction,
         batch_size=args.batch_size, max_length=args.max_length, lora=args.lora,
         trust_remote_code=args.trust_remote_code, seed=args.seed,

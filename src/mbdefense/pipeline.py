@@ -26,6 +26,7 @@ class DefendOptions:
     stage2_epochs: float = 5.0
     stage2_lr: float = 1e-5
     lam: float = 1.0
+    margin: float = 0.0
     reduction: str = "mean"
     batch_size: int = 8
     max_length: int = 1024
@@ -49,7 +50,8 @@ def defend(options: DefendOptions, log: Callable[[str], None] = print) -> dict[s
 
     start = time.time()
     lora = LoraSettings() if options.lora else None
-    stage2 = NeutralizationConfig(lam=options.lam, reduction=options.reduction, train=TrainConfig(
+    stage2 = NeutralizationConfig(lam=options.lam, reduction=options.reduction,
+                                  margin=options.margin, train=TrainConfig(
         epochs=options.stage2_epochs, learning_rate=options.stage2_lr,
         batch_size=options.batch_size, max_length=options.max_length, lora=lora,
         seed=options.seed, progress=options.progress, description="stage 2"))
