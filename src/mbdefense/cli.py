@@ -48,8 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--size", choices=["default", "smoke"], default="default",
                       help="'smoke': a one-minute run on a smaller model and data set, to check "
                            "an installation (clean accuracy is low); default: %(default)s")
-    demo.add_argument("--margin", type=float, default=0.0,
-                      help="stage-2 margin in R, in nats per token (default: %(default)s)")
+    demo.add_argument("--margin", type=float, default=None,
+                      help="stage-2 margin in R, in nats per token (default: 5 for the default "
+                           "size, 0 for smoke)")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
 
     poison = sub.add_parser("poison", help="poison an instruction data file")
@@ -117,7 +118,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
                     defenses=[d.strip() for d in args.defenses.split(",") if d.strip()],
                     progress=not args.quiet and sys.stderr.isatty())
     config = smoke_config(**settings) if args.size == "smoke" else ExperimentConfig(**settings)
-    config.stage2 = dataclasses.replace(config.stage2, margin=args.margin)
+    if args.margin is not None:
+        config.stage2 = dataclasses.replace(config.stage2, margin=args.margin)
     log = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     results = run_experiment(config, log=log)
     out = Path(args.out)

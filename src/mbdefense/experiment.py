@@ -48,7 +48,10 @@ class ExperimentConfig:
         epochs=2, learning_rate=3e-4, batch_size=8, description="instruction-tune"))
     stage1: DefensivePoisoningConfig = field(default_factory=lambda: DefensivePoisoningConfig(
         min_per_trigger=40))
+    # margin 5 (per-token nats) chosen by measurement over every trigger kind: without it the
+    # syntactic and style backdoors survive stage 2 (docs/results.md)
     stage2: NeutralizationConfig = field(default_factory=lambda: NeutralizationConfig(
+        margin=5.0,
         train=TrainConfig(epochs=5, learning_rate=1e-4, batch_size=8, description="stage 2")))
     max_new_tokens: int = 24
     scorer: str = "exact"
