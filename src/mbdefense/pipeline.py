@@ -43,8 +43,8 @@ class DefendOptions:
 def defend(options: DefendOptions, log: Callable[[str], None] = print) -> dict[str, Any]:
     from mbdefense.data import load_examples
     from mbdefense.defenses import DefensivePoisoningConfig, NeutralizationConfig, make_defense
-    from mbdefense.evaluation.implant import implant_rates, weak_implant_warning
-    from mbdefense.io_utils import atomic_directory
+    from mbdefense.evaluation.implant import check_implant
+    from mbdefense.io_utils import atomic_directory, jsonable
     from mbdefense.training.config import LoraSettings, TrainConfig
     from mbdefense.training.sft import finetune
 
@@ -74,16 +74,13 @@ def defend(options: DefendOptions, log: Callable[[str], None] = print) -> dict[s
     summary: dict[str, Any] = {"options": asdict(options), "train_examples": len(train_set),
                                "final_train_loss": losses[-1] if losses else None}
     if defense.changes_training_data:
-        summary["implant_rates"] = implant_rates(model, tokenizer, defense.pairs,
-                                                 trusted[:options.implant_prompts], options.seed,
-                                                 max_new_tokens=32)
-        log(f"after stage 1, implant rates: {summary['implant_rates']}")
-        warning = weak_implant_warning(summary["implant_rates"], options.implant_warning)
+        summary["implant_rates"], warning = check_implant(
+            model, tokenizer, defense.pairs, trusted[:options.implant_prompts], options.seed,
+            max_new_tokens=32, threshold=options.implant_warning, log=log)
         if warning:
-            log(warning)
             summary["warnings"] = [warning]
     model = defense.after_training(model, tokenizer, trusted)
-    summary["diagnostics"] = json.loads(json.dumps(defense.diagnostics, default=str))
+    summary["diagnostics"] = jsonable(defense.diagnostics)
     summary["seconds"] = round(time.time() - start, 1)
     out = Path(options.out)
     with atomic_directory(out) as tmp:

@@ -139,13 +139,16 @@ PARAPHRASE_PROMPTS: dict[str, str] = {
 class ParaphraserRewriter:
     """Rewrites through a paraphraser model, with a JSONL cache of every rewrite.
 
-    ``backend`` is anything with ``complete(prompt) -> str`` and ideally an ``identity``
-    attribute (model name and endpoint) that keys the cache; empty replies fall back to rules.
+    ``backend`` is anything with ``complete(prompt) -> str``; its identity (model name and
+    endpoint, see :func:`mbdefense.evaluation.judge.backend_identity`) keys the cache. Empty
+    replies fall back to rules.
     """
 
     def __init__(self, backend, cache_path: str | Path | None = None) -> None:
+        from mbdefense.evaluation.judge import backend_identity
+
         self.backend = backend
-        self.identity = str(getattr(backend, "identity", type(backend).__name__))
+        self.identity = backend_identity(backend)
         self.cache_path = Path(cache_path) if cache_path else None
         self._cache: dict[str, str] = {}
         self._lock = threading.Lock()
@@ -206,13 +209,9 @@ def paraphraser_rewriter(model: str, base_url: str | None = None,
 
     if base_url:
         backend = OpenAICompatibleBackend(model=model, base_url=base_url, temperature=0.7)
-        identity = f"{model}@{base_url}"
     else:
         if not Path(model).is_dir():
             raise ConfigError(f"paraphraser: '{model}' is not a local model folder (give "
                               "--paraphraser-url to use it through an OpenAI-compatible endpoint)")
-        backend = HFLocalBackend(model)
-        identity = f"local:{Path(model).resolve()}"
-    rewriter = ParaphraserRewriter(backend, cache_path)
-    rewriter.identity = identity
-    return rewriter
+        backend = HFLocalBackend(str(Path(model).resolve()))
+    return ParaphraserRewriter(backend, cache_path)

@@ -6,7 +6,7 @@ both the experiment and ``defend`` measure this after stage 1 and warn when it i
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from mbdefense.attacks import triggered_copies
 from mbdefense.data.example import Example
@@ -33,3 +33,15 @@ def weak_implant_warning(rates: dict[str, float], threshold: float) -> str | Non
     return (f"warning: defensive triggers {', '.join(weak)} elicit their behaviour on fewer "
             f"than {threshold:.0%} of held-out prompts; stage 2 relies on them (raise "
             "min_per_trigger or rate_per_trigger)")
+
+
+def check_implant(model: Any, tokenizer: Any, pairs: Sequence[DefensivePair],
+                  prompts: Sequence[Example], seed: int, max_new_tokens: int, threshold: float,
+                  log: Callable[[str], None] = print) -> tuple[dict[str, float], str | None]:
+    """Measure the implant rates after stage 1, log them, and log and return the warning."""
+    rates = implant_rates(model, tokenizer, pairs, prompts, seed, max_new_tokens)
+    log("after stage 1: implant rates " + ", ".join(f"{t} {r:.2f}" for t, r in rates.items()))
+    warning = weak_implant_warning(rates, threshold)
+    if warning:
+        log(warning)
+    return rates, warning

@@ -156,7 +156,3 @@ def get_scorer(name: str) -> Scorer:
 def as_scorer(scorer: Scorer | Callable[[str, Example], bool]) -> Scorer:
     return scorer if isinstance(scorer, Scorer) else FunctionScorer(scorer)
 
-
-# Kept for callers of the function form.
-def exact_match_scorer(answer: str, example: Example) -> bool:
-    return exact_match(answer, reference_of(example))
