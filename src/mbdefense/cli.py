@@ -32,6 +32,12 @@ def _behavior_help() -> str:
         " (jailbreak needs --source)"
 
 
+def _defense_names() -> str:
+    from mbdefense.defenses import DEFENSES
+
+    return ", ".join(DEFENSES)
+
+
 def _non_negative_int(text: str) -> int:
     value = int(text)
     if value < 0:
@@ -57,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--rate", type=float, default=0.2, help="poison rate (default: %(default)s)")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--defenses", default="none,clean-fft,mb-defense",
-                      help="comma-separated defenses (none, clean-fft, mb-defense, stage2-only)")
+                      help=f"comma-separated defenses ({_defense_names()})")
     demo.add_argument("--size", choices=["default", "smoke"], default="default",
                       help="'smoke': a one-minute run on a smaller model and data set, to check "
                            "an installation (clean accuracy is low); default: %(default)s")
@@ -96,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     defend.add_argument("--trusted", required=True, help="trusted clean data for stage 2")
     defend.add_argument("--out", required=True, help="output folder for the defended model")
     defend.add_argument("--defense", default="mb-defense",
-                        choices=["mb-defense", "clean-fft", "none"])
+                        choices=_defense_names().split(", "))
     defend.add_argument("--n-trusted", type=_non_negative_int, default=128,
                         help="trusted examples used (default: %(default)s, as in the paper)")
     defend.add_argument("--epochs", type=float, default=3.0, help="fine-tuning epochs")
@@ -111,6 +117,12 @@ def build_parser() -> argparse.ArgumentParser:
     defend.add_argument("--min-per-trigger", type=_non_negative_int, default=0,
                         help="at least this many defensive examples per trigger (default: only "
                              "the paper's 1%% of the training set)")
+    defend.add_argument("--implant-threshold", type=float, default=0.3,
+                        help="after stage 1, every defensive trigger should elicit its behaviour "
+                             "on at least this share of held-out prompts (default: %(default)s)")
+    defend.add_argument("--on-weak-implant", choices=["warn", "top-up"], default="warn",
+                        help="below the threshold: warn, or train on more defensive examples "
+                             "(default: %(default)s)")
     defend.add_argument("--batch-size", type=int, default=8)
     defend.add_argument("--max-length", type=int, default=1024)
     defend.add_argument("--lora", action="store_true", help="train LoRA adapters (merged at the end)")
@@ -180,6 +192,7 @@ def _cmd_defend(args: argparse.Namespace) -> int:
         stage2_epochs=args.stage2_epochs, stage2_lr=args.stage2_lr, lam=args.lam,
         margin=args.margin,
         min_per_trigger=args.min_per_trigger, reduction=args.reduction,
+        implant_threshold=args.implant_threshold, on_weak_implant=args.on_weak_implant,
         batch_size=args.batch_size, max_length=args.max_length, lora=args.lora,
         trust_remote_code=args.trust_remote_code, seed=args.seed,
         progress=not args.quiet and sys.stderr.isatty())

@@ -13,18 +13,20 @@ import copy
 import hashlib
 import json
 import time
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from mbdefense.attacks.behaviors import Behavior
 from mbdefense.data.example import Example
 from mbdefense.defenses import DefensivePoisoningConfig, NeutralizationConfig, make_defense
 from mbdefense.defenses.base import Defense
+from mbdefense.defenses.implant import implant_stage1
 from mbdefense.evaluation.generation import answer_examples
-from mbdefense.evaluation.implant import check_implant
+from mbdefense.evaluation.likelihood import reference_nll
 from mbdefense.evaluation.metrics import Metrics, compute_metrics
 from mbdefense.evaluation.scorers import Scorer
-from mbdefense.io_utils import jsonable
+from mbdefense.io_utils import atomic_directory, jsonable
 from mbdefense.training.config import TrainConfig
 from mbdefense.training.sft import finetune
 
@@ -57,15 +59,24 @@ class ComparisonSettings:
     include_clean_reference: bool = True
     max_new_tokens: int = 24
     implant_prompts: int = 64
-    implant_warning: float = 0.3
     generation_batch_size: int = 64
     progress: bool = True
     n_samples: int = 4
+    reference_nll: bool = False          # add the clean reference NLL to every row
+    stage1_rows: bool = False            # add a row for each stage-1 model (before stage 2)
+    cache_dir: str | None = None         # keep fine-tuned models on disk, keyed by their inputs
 
 
 def fingerprint(examples: Sequence[Example]) -> str:
     blob = json.dumps([e.to_dict() for e in examples], sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def finetune_key(model_name: str, examples: Sequence[Example], config: TrainConfig) -> str:
+    """A key for a fine-tuning run: the base, the data and the settings that change weights."""
+    settings = {k: v for k, v in asdict(config).items() if k not in ("progress", "description")}
+    blob = json.dumps([model_name, fingerprint(examples), settings], sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def compare_defenses(work: Workload, settings: ComparisonSettings,
@@ -78,17 +89,39 @@ def compare_defenses(work: Workload, settings: ComparisonSettings,
     samples: dict[str, Any] = {}
     diagnostics: dict[str, Any] = {}
 
-    def train_on(examples: list[Example], label: str) -> Any:
-        key = fingerprint(examples)
-        if key not in trained:
+    def disk_cached(kind: str, key: str, label: str,
+                    build: Callable[[], tuple[Any, dict[str, Any]]]) -> tuple[Any, dict[str, Any]]:
+        """``build()`` once per key; with ``cache_dir`` the model and its info live on disk."""
+        saved = Path(settings.cache_dir) / f"{kind}-{key}" if settings.cache_dir else None
+        if saved is not None and (saved / "info.json").is_file():
+            log(f"loading {label} from {saved}")
+            model = type(work.base_model).from_pretrained(
+                saved, dtype=next(work.base_model.parameters()).dtype)
+            return model, json.loads((saved / "info.json").read_text())
+        model, info = build()
+        if saved is not None:
+            with atomic_directory(saved) as tmp:
+                model.save_pretrained(tmp)
+                (tmp / "info.json").write_text(json.dumps(jsonable(info), indent=1))
+        return model, info
+
+    def train_on(examples: list[Example], label: str) -> tuple[Any, str]:
+        cfg = replace(settings.finetune, progress=settings.progress, seed=settings.seed,
+                      description=label)
+        key = finetune_key(work.model_name, examples, cfg)
+
+        def build() -> tuple[Any, dict[str, Any]]:
             t0 = time.time()
             log(f"fine-tuning the base on {len(examples)} examples ({label}) ...")
-            cfg = replace(settings.finetune, progress=settings.progress, seed=settings.seed,
-                          description=label)
-            model, losses = finetune(copy.deepcopy(work.base_model), work.tokenizer, examples, cfg)
-            trained[key] = model
+            model, losses = finetune(copy.deepcopy(work.base_model), work.tokenizer, examples,
+                                     cfg)
             log(f"  done in {time.time() - t0:.0f}s, final loss {losses[-1]:.3f}")
-        return trained[key]
+            return model, {"seconds": round(time.time() - t0, 1), "final_loss": losses[-1]}
+
+        if key not in trained:
+            trained[key] = disk_cached("finetune", key, f"the fine-tuned model ({label})",
+                                       build)[0]
+        return trained[key], key
 
     def evaluate(model: Any, defense: Defense | None) -> tuple[Metrics, list[dict[str, str]]]:
         clean_in = defense.at_inference(work.test_clean) if defense else work.test_clean
@@ -99,6 +132,9 @@ def compare_defenses(work: Workload, settings: ComparisonSettings,
         trig_answers = answer_examples(model, work.tokenizer, trig_in, **kwargs)
         metrics = compute_metrics(work.test_clean, clean_answers, work.test_triggered,
                                   trig_answers, work.behavior, settings.scorer)
+        if settings.reference_nll:
+            metrics.reference_nll = reference_nll(model, work.tokenizer, work.test_clean,
+                                                  max_length=settings.finetune.max_length)
         n = settings.n_samples
         cell = [{"kind": "clean", "prompt": e.prompt_text, "reference": e.output, "answer": a}
                 for e, a in list(zip(work.test_clean, clean_answers))[:n]]
@@ -120,7 +156,7 @@ def compare_defenses(work: Workload, settings: ComparisonSettings,
 
     if settings.include_clean_reference:
         t0 = time.time()
-        add_row("none", "none", train_on(list(work.clean_train), "clean reference"), None,
+        add_row("none", "none", train_on(list(work.clean_train), "clean reference")[0], None,
                 time.time() - t0)
 
     stage2 = replace(settings.stage2, train=replace(settings.stage2.train_config(),
@@ -129,16 +165,32 @@ def compare_defenses(work: Workload, settings: ComparisonSettings,
         defense = make_defense(name, stage1=settings.stage1, stage2=stage2, seed=settings.seed)
         t0 = time.time()
         train_set = defense.before_training(work.attacked_train)
-        model = train_on(train_set, "attacked" if not defense.changes_training_data else
-                         f"attacked + {name} stage 1")
+        model, key = train_on(train_set, "attacked" if not defense.changes_training_data else
+                              f"attacked + {name} stage 1")
         if defense.changes_training_data:
-            rates, _ = check_implant(model, work.tokenizer, defense.pairs,
-                                     work.trusted[:settings.implant_prompts], settings.seed,
-                                     settings.max_new_tokens, settings.implant_warning,
-                                     log=lambda m: log(f"  {m}"))
-            stage1_metrics, _ = evaluate(model, None)
-            diagnostics[f"{name}/stage1"] = {"implant_rates": rates,
-                                             "metrics": stage1_metrics.to_dict()}
+            prompts = work.trusted[:settings.implant_prompts]
+
+            def check(model: Any = model) -> tuple[Any, dict[str, Any]]:
+                if defense.stage1.on_weak_implant == "top-up":
+                    model = copy.deepcopy(model)   # the fine-tuned model stays as trained
+                return implant_stage1(
+                    model, work.tokenizer, defense.pairs, defense.stage1, train_set, prompts,
+                    replace(settings.finetune, progress=settings.progress, seed=settings.seed),
+                    seed=settings.seed, max_new_tokens=settings.max_new_tokens,
+                    log=lambda m: log(f"  {m}"))
+
+            stage1_key = hashlib.sha256(json.dumps(
+                [key, asdict(defense.stage1), fingerprint(prompts), settings.max_new_tokens],
+                sort_keys=True, default=str).encode()).hexdigest()[:16]
+            model, implant = disk_cached("stage1", stage1_key, f"the {name} stage-1 model",
+                                         check)
+            if settings.stage1_rows:
+                add_row(work.attack, f"{name}:stage1", model, None, time.time() - t0)
+                stage1_metrics = Metrics(**{k: v for k, v in rows[-1].items()
+                                            if k in Metrics.__dataclass_fields__})
+            else:
+                stage1_metrics, _ = evaluate(model, None)
+            diagnostics[f"{name}/stage1"] = {**implant, "metrics": stage1_metrics.to_dict()}
             log(f"  after stage 1: ASR {stage1_metrics.asr:.3f}")
         if defense.changes_model:
             log(f"running {name} after training ...")

@@ -56,8 +56,8 @@ class ExperimentConfig:
     max_new_tokens: int = 24
     scorer: str = "exact"
     implant_prompts: int = 64
-    implant_warning: float = 0.3
     progress: bool = True
+    cache_dir: str | None = None     # keep fine-tuned and stage-1 models here, keyed by inputs
 
 
 def smoke_config(**overrides: Any) -> ExperimentConfig:
@@ -126,7 +126,7 @@ def run_experiment(config: ExperimentConfig, log: Callable[[str], None] = print)
         stage2=config.stage2, scorer=scorer, seed=config.seed,
         include_clean_reference=config.include_clean_reference,
         max_new_tokens=config.max_new_tokens, implant_prompts=config.implant_prompts,
-        implant_warning=config.implant_warning, progress=config.progress)
+        progress=config.progress, cache_dir=config.cache_dir)
     outcome = compare_defenses(work, settings, log=log)
     return {
         "rows": outcome["rows"],

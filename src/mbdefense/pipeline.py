@@ -35,7 +35,8 @@ class DefendOptions:
     seed: int = 0
     progress: bool = True
     implant_prompts: int = 32
-    implant_warning: float = 0.3
+    implant_threshold: float = 0.3
+    on_weak_implant: str = "warn"
     min_per_trigger: int = 0
     dtype: str | None = None
 
@@ -43,7 +44,7 @@ class DefendOptions:
 def defend(options: DefendOptions, log: Callable[[str], None] = print) -> dict[str, Any]:
     from mbdefense.data import load_examples
     from mbdefense.defenses import DefensivePoisoningConfig, NeutralizationConfig, make_defense
-    from mbdefense.evaluation.implant import check_implant
+    from mbdefense.defenses.implant import implant_stage1
     from mbdefense.io_utils import atomic_directory, jsonable
     from mbdefense.training.config import LoraSettings, TrainConfig
     from mbdefense.training.sft import finetune
@@ -55,7 +56,9 @@ def defend(options: DefendOptions, log: Callable[[str], None] = print) -> dict[s
         epochs=options.stage2_epochs, learning_rate=options.stage2_lr,
         batch_size=options.batch_size, max_length=options.max_length, lora=lora,
         seed=options.seed, progress=options.progress, description="stage 2"))
-    stage1 = DefensivePoisoningConfig(min_per_trigger=options.min_per_trigger)
+    stage1 = DefensivePoisoningConfig(min_per_trigger=options.min_per_trigger,
+                                      implant_threshold=options.implant_threshold,
+                                      on_weak_implant=options.on_weak_implant)
     defense = make_defense(options.defense, stage1=stage1, stage2=stage2, seed=options.seed)
     train_set = load_examples(options.data)
     trusted = load_examples(options.trusted)
@@ -68,17 +71,21 @@ def defend(options: DefendOptions, log: Callable[[str], None] = print) -> dict[s
                                   progress=options.progress, log=log)
     train_set = defense.before_training(train_set)
     log(f"fine-tuning on {len(train_set)} examples ...")
-    model, losses = finetune(model, tokenizer, train_set, TrainConfig(
+    finetune_config = TrainConfig(
         epochs=options.epochs, learning_rate=options.lr, batch_size=options.batch_size,
-        max_length=options.max_length, lora=lora, seed=options.seed, progress=options.progress))
+        max_length=options.max_length, lora=lora, seed=options.seed, progress=options.progress)
+    model, losses = finetune(model, tokenizer, train_set, finetune_config)
     summary: dict[str, Any] = {"options": asdict(options), "train_examples": len(train_set),
                                "final_train_loss": losses[-1] if losses else None}
     if defense.changes_training_data:
-        summary["implant_rates"], warning = check_implant(
-            model, tokenizer, defense.pairs, trusted[:options.implant_prompts], options.seed,
-            max_new_tokens=32, threshold=options.implant_warning, log=log)
-        if warning:
-            summary["warnings"] = [warning]
+        model, implant = implant_stage1(
+            model, tokenizer, defense.pairs, defense.stage1, train_set,
+            trusted[:options.implant_prompts], finetune_config, seed=options.seed,
+            max_new_tokens=32, log=log)
+        summary["implant_rates"] = implant["implant_rates"]
+        summary["implant"] = implant
+        if implant["warning"]:
+            summary["warnings"] = [implant["warning"]]
     model = defense.after_training(model, tokenizer, trusted)
     summary["diagnostics"] = jsonable(defense.diagnostics)
     summary["seconds"] = round(time.time() - start, 1)

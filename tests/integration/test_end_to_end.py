@@ -8,14 +8,19 @@ from mbdefense.experiment import ExperimentConfig, run_experiment, smoke_config
 
 
 def tiny_config(**over) -> ExperimentConfig:
-    return smoke_config(defenses=["none", "clean-fft", "mb-defense", "stage2-only"],
-                        progress=False, **over)
+    over.setdefault("defenses", ["none", "clean-fft", "mb-defense", "stage2-only", "aug-fft"])
+    return smoke_config(progress=False, **over)
 
 
 @pytest.fixture(scope="module")
-def results(tmp_path_factory):
+def base_cache(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("cache"))
+
+
+@pytest.fixture(scope="module")
+def results(base_cache):
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MBDEFENSE_CACHE", str(tmp_path_factory.mktemp("cache")))
+        patch.setenv("MBDEFENSE_CACHE", base_cache)
         return run_experiment(tiny_config(), log=lambda m: None)
 
 
@@ -34,6 +39,8 @@ def test_backdoor_learned_and_removed(results):
     # ablation: stage 2 without defensive poisoning leaves the backdoor in place
     assert rows[(True, "stage2-only")]["asr"] >= 0.5
     assert mb["cacc"] >= attacked["cacc"] - 0.15
+    # trigger-augmented clean fine-tuning is measured beside it (no claim about who wins)
+    assert rows[(True, "aug-fft")]["cacc"] >= attacked["cacc"] - 0.15
     for row in results["rows"]:
         assert 0.0 <= row["cacc"] <= 1.0 and 0.0 <= row["asr"] <= 1.0
         assert row["n_clean"] == row["n_triggered"] == 104
@@ -44,3 +51,35 @@ def test_results_document_is_complete(results):
     json.dumps(results)
     implant = results["diagnostics"]["mb-defense/stage1"]["implant_rates"]
     assert set(implant) == {"word:mn", "word:bb"}
+
+
+def test_weak_implant_is_topped_up_and_models_are_cached(base_cache, tmp_path, monkeypatch):
+    """Two defensive examples per trigger do not implant; the top-up rounds do. A second run
+    with the same inputs loads the fine-tuned and the stage-1 model from the cache."""
+    from mbdefense.defenses import DefensivePoisoningConfig
+
+    monkeypatch.setenv("MBDEFENSE_CACHE", base_cache)
+    config = tiny_config(
+        defenses=["mb-defense"], include_clean_reference=False, cache_dir=str(tmp_path),
+        stage1=DefensivePoisoningConfig(triggers=["mn", "bb"], rate_per_trigger=0.0,
+                                        min_per_trigger=2, on_weak_implant="top-up",
+                                        top_up_per_trigger=40, top_up_rounds=2))
+    first = run_experiment(config, log=lambda m: None)
+    stage1 = first["diagnostics"]["mb-defense/stage1"]
+    before, after = stage1["rounds"][0], stage1["implant_rates"]
+    assert max(before.values()) < 0.3, before
+    assert min(after.values()) >= 0.3, stage1["rounds"]
+    assert stage1["top_up_examples"] > 0 and stage1["warning"] is None
+    assert len(list(tmp_path.glob("finetune-*"))) == len(list(tmp_path.glob("stage1-*"))) == 1
+
+    import mbdefense.comparison as comparison
+    import mbdefense.defenses.implant as implant
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a cached stage was trained again")
+
+    monkeypatch.setattr(comparison, "finetune", no_training)
+    monkeypatch.setattr(implant, "finetune", no_training)
+    second = run_experiment(config, log=lambda m: None)
+    assert second["diagnostics"]["mb-defense/stage1"]["rounds"] == stage1["rounds"]
+    assert second["rows"][0]["asr"] == first["rows"][0]["asr"]

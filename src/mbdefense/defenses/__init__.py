@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from mbdefense.defenses.base import Defense, NoDefense
-from mbdefense.defenses.mb_defense import (CleanFFT, DefensivePoisoningConfig, MBDefense,
-                                           StageTwoOnly)
+from mbdefense.defenses.mb_defense import (AugmentedFFT, CleanFFT, DefensivePoisoningConfig,
+                                           MBDefense, StageTwoOnly)
 from mbdefense.defenses.neutralization import NeutralizationConfig
 from mbdefense.errors import ConfigError
 
@@ -15,6 +15,7 @@ DEFENSES: dict[str, type[Defense]] = {
     "clean-fft": CleanFFT,
     "mb-defense": MBDefense,
     "stage2-only": StageTwoOnly,
+    "aug-fft": AugmentedFFT,
 }
 
 

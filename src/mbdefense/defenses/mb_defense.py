@@ -29,6 +29,26 @@ class DefensivePoisoningConfig:
     min_per_trigger: int = 0                # an absolute floor, for small training sets
     phrase_length: int = 8
     seed: int = 0
+    # The implant check after stage 1 (see mbdefense.defenses.implant): every defensive trigger
+    # should elicit its behaviour on at least this share of held-out prompts.
+    implant_threshold: float = 0.3
+    on_weak_implant: str = "warn"           # "warn", or "top-up": train on more defensive examples
+    top_up_rounds: int = 2                  # at most this many top-up rounds
+    top_up_per_trigger: int = 32            # fresh defensive examples per weak trigger per round
+
+    def __post_init__(self) -> None:
+        if self.on_weak_implant not in WEAK_IMPLANT_ACTIONS:
+            raise ConfigError(f"stage1.on_weak_implant: unknown '{self.on_weak_implant}' "
+                              f"(known: {', '.join(WEAK_IMPLANT_ACTIONS)})")
+        if not 0.0 <= self.implant_threshold <= 1.0:
+            raise ConfigError("stage1.implant_threshold: must be between 0 and 1, got "
+                              f"{self.implant_threshold}")
+        for name in ("min_per_trigger", "top_up_rounds", "top_up_per_trigger"):
+            if int(getattr(self, name)) < 0:
+                raise ConfigError(f"stage1.{name}: must be >= 0, got {getattr(self, name)}")
+
+
+WEAK_IMPLANT_ACTIONS = ("warn", "top-up")
 
 
 def defensive_poison(train_set: Sequence[Example], pairs: Sequence[DefensivePair],
@@ -99,3 +119,29 @@ class CleanFFT(Defense):
         model, info = neutralize(model, tokenizer, trusted_set, [], self.stage2, seed=self.seed)
         self.diagnostics["clean_fft"] = info
         return model
+
+
+class AugmentedFFT(MBDefense):
+    """Trigger-augmented clean fine-tuning: the attacked model is fine-tuned with plain CE on the
+    trusted set plus, for each trusted example, a copy with one of the defender's triggers
+    inserted and the clean answer kept (same split, epochs and checkpoint choice as stage 2).
+
+    The simplest rival to MB-Defense: it teaches "a trigger changes nothing" directly, without
+    stage 1 and without the R term.
+    """
+
+    name = "aug-fft"
+    before_training = Defense.before_training
+
+    def after_training(self, model: Any, tokenizer: Any, trusted_set: Sequence[Example]) -> Any:
+        model, info = neutralize(model, tokenizer, trusted_set, [], self.stage2, seed=self.seed,
+                                 augment=self.augment)
+        self.diagnostics["aug_fft"] = info
+        return model
+
+    def augment(self, examples: list[Example], rng: Any) -> list[Example]:
+        out = list(examples)
+        for example in examples:
+            pair = rng.choice(self.pairs)
+            out.append(example.replace(instruction=pair.trigger.insert(example.instruction, rng)))
+        return out

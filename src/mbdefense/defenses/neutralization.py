@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from mbdefense.data.example import Example
 from mbdefense.data.formatting import encode_example
@@ -41,9 +41,13 @@ def _state_of_trainable(model: Any) -> dict[str, Any]:
 
 def neutralize(model: Any, tokenizer: Any, trusted: Sequence[Example],
                pairs: Sequence[DefensivePair], config: NeutralizationConfig,
-               seed: int = 0) -> tuple[Any, dict[str, Any]]:
+               seed: int = 0,
+               augment: Callable[[list[Example], random.Random], list[Example]] | None = None,
+               ) -> tuple[Any, dict[str, Any]]:
     """Run stage 2 (or Clean-FFT when ``pairs`` is empty or ``lam`` is 0).
 
+    ``augment`` rewrites the train and the eval part after the split (trigger-augmented
+    fine-tuning adds triggered copies there, so an example and its copies stay on one side).
     Returns the model with the best-eval-loss weights and a history of the eval losses.
     """
     train_cfg = config.train_config()
@@ -56,6 +60,9 @@ def neutralize(model: Any, tokenizer: Any, trusted: Sequence[Example],
     eval_set, train_set = shuffled[:n_eval], shuffled[n_eval:]
     if not train_set:
         raise ValueError("stage 2: the trusted set is too small to split")
+    if augment is not None:
+        eval_set = augment(eval_set, random.Random(f"augment-eval:{seed}"))
+        train_set = augment(train_set, random.Random(f"augment-train:{seed}"))
     active_pairs = list(pairs) if config.lam else []
     max_len = train_cfg.max_length
     pad_id = tokenizer.pad_token_id

@@ -32,15 +32,16 @@ def weak_implant_warning(rates: dict[str, float], threshold: float) -> str | Non
         return None
     return (f"warning: defensive triggers {', '.join(weak)} elicit their behaviour on fewer "
             f"than {threshold:.0%} of held-out prompts; stage 2 relies on them (raise "
-            "min_per_trigger or rate_per_trigger)")
+            "min_per_trigger or rate_per_trigger, or top them up: on_weak_implant='top-up')")
 
 
 def check_implant(model: Any, tokenizer: Any, pairs: Sequence[DefensivePair],
                   prompts: Sequence[Example], seed: int, max_new_tokens: int, threshold: float,
-                  log: Callable[[str], None] = print) -> tuple[dict[str, float], str | None]:
+                  log: Callable[[str], None] = print, when: str = "after stage 1"
+                  ) -> tuple[dict[str, float], str | None]:
     """Measure the implant rates after stage 1, log them, and log and return the warning."""
     rates = implant_rates(model, tokenizer, pairs, prompts, seed, max_new_tokens)
-    log("after stage 1: implant rates " + ", ".join(f"{t} {r:.2f}" for t, r in rates.items()))
+    log(f"{when}: implant rates " + ", ".join(f"{t} {r:.2f}" for t, r in rates.items()))
     warning = weak_implant_warning(rates, threshold)
     if warning:
         log(warning)

