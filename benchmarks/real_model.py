@@ -63,6 +63,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--rouge-threshold", type=float, default=0.2)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--device", default="auto", help="'auto' (cuda when available), 'cpu', 'cuda'")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None,
                    help="default: benchmark-results/real_model-MODEL-TASK-ATTACK.json; "
@@ -103,8 +104,11 @@ def main(argv=None) -> int:
                             seed=args.seed)
     t0 = time.time()
     model, tokenizer = load_model(args.model, dtype="float32")
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" \
+        else args.device
+    model.to(device)
     load_seconds = time.time() - t0
-    progress = sys.stderr.isatty()
+    progress = True   # into a log file the bars write a line every 30 s
     work = Workload(model_name=args.model, base_model=model, tokenizer=tokenizer,
                     clean_train=data.clean_train, attacked_train=data.attacked_train,
                     trusted=data.trusted, test_clean=data.test_clean,
@@ -155,14 +159,15 @@ def main(argv=None) -> int:
                   f"({info['top_up_examples']} top-up examples)")
     print(f"stage 2: {stage2}")
     print(f"wall {wall:.0f}s (model load {load_seconds:.0f}s), peak RSS {peak_gb:.2f} GB, "
-          f"{torch.get_num_threads()} threads, device cpu")
+          f"{torch.get_num_threads()} threads, device {device}")
     out = Path(args.out or f"benchmark-results/real_model-{args.model}-{args.task}-"
                           f"{args.attack}.json")
     atomic_write_json(out, {
         "benchmark": "real_model", "args": vars(args), "rows": outcome["rows"],
         "diagnostics": outcome["diagnostics"], "samples": outcome["samples"],
         "wall_seconds": round(wall, 1), "peak_rss_gb": round(peak_gb, 2),
-        "versions": versions(), "cpu_count": os.cpu_count()})
+        "versions": versions(), "cpu_count": os.cpu_count(), "device": device,
+        "gpu": torch.cuda.get_device_name() if device.startswith("cuda") else None})
     print(f"wrote {out}")
     return 0
 

@@ -114,6 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="stage-2 margin in R: log sigmoid(lp_clean - lp_defensive - margin)")
     defend.add_argument("--reduction", choices=["mean", "sum"], default="mean",
                         help="R on per-token mean or summed log-likelihoods (default: %(default)s)")
+    defend.add_argument("--stage2-triggers", choices=["all", "one"], default="all",
+                        help="defensive triggers per trusted example in a stage-2 step: all "
+                             "(1 + 2T sequences) or one sampled (3 sequences; default: "
+                             "%(default)s)")
     defend.add_argument("--min-per-trigger", type=_non_negative_int, default=0,
                         help="at least this many defensive examples per trigger (default: only "
                              "the paper's 1%% of the training set)")
@@ -193,6 +197,7 @@ def _cmd_defend(args: argparse.Namespace) -> int:
         margin=args.margin,
         min_per_trigger=args.min_per_trigger, reduction=args.reduction,
         implant_threshold=args.implant_threshold, on_weak_implant=args.on_weak_implant,
+        triggers_per_step=args.stage2_triggers,
         batch_size=args.batch_size, max_length=args.max_length, lora=args.lora,
         trust_remote_code=args.trust_remote_code, seed=args.seed,
         progress=not args.quiet and sys.stderr.isatty())

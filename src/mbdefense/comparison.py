@@ -95,8 +95,8 @@ def compare_defenses(work: Workload, settings: ComparisonSettings,
         saved = Path(settings.cache_dir) / f"{kind}-{key}" if settings.cache_dir else None
         if saved is not None and (saved / "info.json").is_file():
             log(f"loading {label} from {saved}")
-            model = type(work.base_model).from_pretrained(
-                saved, dtype=next(work.base_model.parameters()).dtype)
+            like = next(work.base_model.parameters())
+            model = type(work.base_model).from_pretrained(saved, dtype=like.dtype).to(like.device)
             return model, json.loads((saved / "info.json").read_text())
         model, info = build()
         if saved is not None:

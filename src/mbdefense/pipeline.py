@@ -28,6 +28,7 @@ class DefendOptions:
     lam: float = 1.0
     margin: float = 0.0
     reduction: str = "mean"
+    triggers_per_step: str = "all"
     batch_size: int = 8
     max_length: int = 1024
     lora: bool = False
@@ -52,7 +53,8 @@ def defend(options: DefendOptions, log: Callable[[str], None] = print) -> dict[s
     start = time.time()
     lora = LoraSettings() if options.lora else None
     stage2 = NeutralizationConfig(lam=options.lam, reduction=options.reduction,
-                                  margin=options.margin, train=TrainConfig(
+                                  margin=options.margin,
+                                  triggers_per_step=options.triggers_per_step, train=TrainConfig(
         epochs=options.stage2_epochs, learning_rate=options.stage2_lr,
         batch_size=options.batch_size, max_length=options.max_length, lora=lora,
         seed=options.seed, progress=options.progress, description="stage 2"))

@@ -43,6 +43,23 @@ def test_defend_writes_a_loadable_model(tmp_path, user_files, defense, capsys):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".defended")]
 
 
+def test_defend_top_up_records_every_round(tmp_path, user_files, capsys):
+    """An untrained tiny model cannot implant the triggers: the top-up runs both rounds and the
+    summary says so (rates of each round, the added examples, the remaining warning)."""
+    model_dir, train, trusted = user_files
+    out = tmp_path / "defended"
+    code = main(["defend", "--model", str(model_dir), "--data", str(train), "--trusted",
+                 str(trusted), "--out", str(out), "--epochs", "1", "--stage2-epochs", "1",
+                 "--max-length", "128", "--on-weak-implant", "top-up", "--stage2-triggers",
+                 "one", "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    implant = json.loads((out / "defense.json").read_text())["implant"]
+    assert len(implant["rounds"]) == 3                    # the check, then 2 top-up rounds
+    # each round: 4 triggers x 32 defensive examples, and replay capped by the 120 examples
+    assert implant["top_up_examples"] == 2 * (4 * 32 + 120)
+    assert implant["warning"] and "word:mn" in implant["warning"]
+
+
 def test_defend_bad_trusted_file_leaves_nothing(tmp_path, user_files, capsys):
     model_dir, train, _ = user_files
     bad = tmp_path / "trusted.jsonl"

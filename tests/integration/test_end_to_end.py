@@ -63,7 +63,7 @@ def test_weak_implant_is_topped_up_and_models_are_cached(base_cache, tmp_path, m
         defenses=["mb-defense"], include_clean_reference=False, cache_dir=str(tmp_path),
         stage1=DefensivePoisoningConfig(triggers=["mn", "bb"], rate_per_trigger=0.0,
                                         min_per_trigger=2, on_weak_implant="top-up",
-                                        top_up_per_trigger=40, top_up_rounds=2))
+                                        top_up_per_trigger=60, top_up_rounds=3))
     first = run_experiment(config, log=lambda m: None)
     stage1 = first["diagnostics"]["mb-defense/stage1"]
     before, after = stage1["rounds"][0], stage1["implant_rates"]

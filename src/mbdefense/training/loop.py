@@ -30,10 +30,16 @@ def make_optimizer(model: Any, config: TrainConfig, total_steps: int):
 
 
 def progress_bar(total: int, description: str, enabled: bool):
+    """A step bar with rate and time left; into a log file (not a terminal) it writes a line
+    every 30 s instead of redrawing."""
+    import sys
+
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=description, disable=not enabled, leave=False,
-                dynamic_ncols=True, unit="step")
+    interactive = sys.stderr.isatty()
+    return tqdm(total=total, desc=description, disable=not enabled, leave=not interactive,
+                dynamic_ncols=interactive, unit="step", mininterval=0.1 if interactive else 30,
+                ascii=not interactive)
 
 
 def run_steps(model: Any, batches_per_epoch: Callable[[int], Iterable[Any]],

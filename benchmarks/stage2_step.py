@@ -1,0 +1,135 @@
+"""One stage-2 training step: response-only projection vs full-vocabulary logits.
+
+The peer is the same step with the model's own forward (logits at every position, then the
+labelled ones picked), which is what the objective did before projecting only the response
+positions. Each variant runs in its own process; the script prints seconds per step, the peak
+resident memory above the loaded model, and the ratios.
+
+    python benchmarks/stage2_step.py                       # smollm2-135m when installed
+    python benchmarks/stage2_step.py --model embedded --threads 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import resource
+import subprocess
+import sys
+import time
+
+VARIANTS = ("full-logits", "response-only")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default=None, help="default: smollm2-135m if installed, else "
+                                                 "the embedded model")
+    p.add_argument("--batch-size", type=int, default=8, help="trusted examples per step")
+    p.add_argument("--triggers", type=int, default=1, help="defensive triggers per example")
+    p.add_argument("--prompt-words", type=int, default=40)
+    p.add_argument("--answer-words", type=int, default=120)
+    p.add_argument("--steps", type=int, default=3, help="timed steps (after one warm-up)")
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--child", choices=VARIANTS, help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+def default_model() -> str:
+    from mbdefense.modeling.registry import smollm2_gguf_path
+
+    return "smollm2-135m" if smollm2_gguf_path() is not None else "embedded"
+
+
+def make_batch(tokenizer, args):
+    from mbdefense.data.example import Example
+    from mbdefense.data.formatting import encode_example
+    from mbdefense.defenses.defensive_triggers import DEFENSIVE_WORDS, make_defensive_pairs
+    from mbdefense.training.objective import NeutralizationBatch
+
+    rng = random.Random(0)
+    pairs = make_defensive_pairs()[:args.triggers]
+
+    def words(n):
+        return " ".join(rng.choice(DEFENSIVE_WORDS) for _ in range(n))
+
+    clean, trig_clean, trig_def = [], [], []
+    for _ in range(args.batch_size):
+        example = Example(words(args.prompt_words).capitalize() + "?",
+                          output=words(args.answer_words).capitalize() + ".")
+        clean.append(encode_example(tokenizer, example, 1024))
+        for pair in pairs:
+            triggered = example.replace(instruction=pair.trigger.insert(example.instruction, rng))
+            trig_clean.append(encode_example(tokenizer, triggered, 1024))
+            trig_def.append(encode_example(tokenizer, triggered, 1024,
+                                           response=pair.behavior.text))
+    return NeutralizationBatch(clean, trig_clean, trig_def)
+
+
+def child(args) -> None:
+    import torch
+
+    from mbdefense.modeling.loading import load_model
+    from mbdefense.training import logprobs
+    from mbdefense.training.objective import neutralization_loss
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model, tokenizer = load_model(args.model, dtype="float32", progress=False,
+                                  log=lambda m: None)
+    if args.child == "full-logits":
+        logprobs._plain_head = lambda model: None      # the model's own forward everywhere
+    batch = make_batch(tokenizer, args)
+    tokens = sum(len(e.input_ids) for e in batch.clean + batch.triggered_clean
+                 + batch.triggered_defensive)
+    model.train()
+    base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    times = []
+    for step in range(args.steps + 1):
+        t0 = time.perf_counter()
+        model.zero_grad(set_to_none=True)
+        terms = neutralization_loss(model, batch, tokenizer.pad_token_id, lam=1.0,
+                                    reduction="mean", margin=5.0)
+        terms.loss.backward()
+        if step:
+            times.append(time.perf_counter() - t0)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"variant": args.child, "seconds_per_step": sum(times) / len(times),
+                      "peak_extra_gb": (peak - base_rss) / 1e6, "tokens": tokens,
+                      "loss": float(terms.loss.detach()), "vocab": model.config.vocab_size}))
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.child:
+        child(args)
+        return 0
+    args.model = args.model or default_model()
+    results = {}
+    for variant in VARIANTS:
+        cmd = [sys.executable, __file__, "--child", variant, "--model", args.model,
+               "--batch-size", str(args.batch_size), "--triggers", str(args.triggers),
+               "--prompt-words", str(args.prompt_words), "--answer-words",
+               str(args.answer_words), "--steps", str(args.steps), "--threads",
+               str(args.threads)]
+        done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if done.returncode:
+            print(done.stderr[-2000:], file=sys.stderr)
+            return done.returncode
+        results[variant] = json.loads(done.stdout.strip().splitlines()[-1])
+    full, ours = results["full-logits"], results["response-only"]
+    print(f"model {args.model} (vocab {ours['vocab']}), {ours['tokens']} tokens per step "
+          f"({args.batch_size} examples x (1 + 2 x {args.triggers}) sequences)")
+    for r in (full, ours):
+        print(f"  {r['variant']:<14} {r['seconds_per_step']:7.2f} s/step   peak +"
+              f"{r['peak_extra_gb']:.2f} GB   loss {r['loss']:.4f}")
+    print(f"speed-up {full['seconds_per_step'] / ours['seconds_per_step']:.2f}x, "
+          f"peak extra memory {ours['peak_extra_gb'] / max(full['peak_extra_gb'], 1e-9):.2f}x "
+          f"of the full-logits step; same loss: "
+          f"{abs(full['loss'] - ours['loss']) < 1e-3 * max(1.0, abs(full['loss']))}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
