@@ -40,6 +40,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--defenses", default="none,clean-fft,aug-fft,stage2-only,mb-defense")
     p.add_argument("--clean-reference", action="store_true", help="also train on clean data")
+    p.add_argument("--stage1-row", action=argparse.BooleanOptionalAction, default=True,
+                   help="evaluate the MB-Defense stage-1 model as its own row")
     p.add_argument("--n-clean", type=int, default=160)
     p.add_argument("--n-poison", type=int, default=40)
     p.add_argument("--n-trusted", type=int, default=40)
@@ -135,7 +137,8 @@ def main(argv=None) -> int:
         stage2=stage2, scorer=RougeLScorer(args.rouge_threshold), seed=args.seed,
         include_clean_reference=args.clean_reference, max_new_tokens=args.max_new_tokens,
         implant_prompts=min(32, len(data.trusted)), generation_batch_size=16,
-        progress=progress, reference_nll=True, stage1_rows=True,
+        progress=progress, reference_nll=True, stage1_rows=args.stage1_row,
+        evaluate_stage1=args.stage1_row,
         cache_dir=args.cache_dir or None)
     try:
         outcome = compare_defenses(work, settings, log=lambda m: print(m, flush=True))

@@ -64,6 +64,7 @@ class ComparisonSettings:
     n_samples: int = 4
     reference_nll: bool = False          # add the clean reference NLL to every row
     stage1_rows: bool = False            # add a row for each stage-1 model (before stage 2)
+    evaluate_stage1: bool = True         # stage-1 metrics in the diagnostics (rows imply it)
     cache_dir: str | None = None         # keep fine-tuned models on disk, keyed by their inputs
 
 
@@ -184,14 +185,16 @@ def compare_defenses(work: Workload, settings: ComparisonSettings,
                 sort_keys=True, default=str).encode()).hexdigest()[:16]
             model, implant = disk_cached("stage1", stage1_key, f"the {name} stage-1 model",
                                          check)
+            diagnostics[f"{name}/stage1"] = dict(implant)
+            stage1_metrics = None
             if settings.stage1_rows:
                 add_row(work.attack, f"{name}:stage1", model, None, time.time() - t0)
-                stage1_metrics = Metrics(**{k: v for k, v in rows[-1].items()
-                                            if k in Metrics.__dataclass_fields__})
-            else:
-                stage1_metrics, _ = evaluate(model, None)
-            diagnostics[f"{name}/stage1"] = {**implant, "metrics": stage1_metrics.to_dict()}
-            log(f"  after stage 1: ASR {stage1_metrics.asr:.3f}")
+                stage1_metrics = {k: rows[-1][k] for k in Metrics.__dataclass_fields__}
+            elif settings.evaluate_stage1:
+                stage1_metrics = evaluate(model, None)[0].to_dict()
+            if stage1_metrics is not None:
+                diagnostics[f"{name}/stage1"]["metrics"] = stage1_metrics
+                log(f"  after stage 1: ASR {stage1_metrics['asr']:.3f}")
         if defense.changes_model:
             log(f"running {name} after training ...")
             model = defense.after_training(copy.deepcopy(model), work.tokenizer, work.trusted)
