@@ -152,8 +152,10 @@ def compare_defenses(work: Workload, settings: ComparisonSettings,
                "train_seconds": round(seconds, 1)}
         rows.append(row)
         samples[f"{attack}|{defense_name}"] = cell
+        nll = "" if row["reference_nll"] is None else f"  ref-NLL {row['reference_nll']:.3f}"
         log(f"  {defense_name:<12} attack={attack:<28} CACC {row['cacc']:.3f}  "
-            f"ASR {row['asr']:.3f}  AACC {row['aacc']:.3f}  clean-ASR {row['clean_asr']:.3f}")
+            f"ASR {row['asr']:.3f}  AACC {row['aacc']:.3f}  clean-ASR {row['clean_asr']:.3f}"
+            f"{nll}")
 
     if settings.include_clean_reference:
         t0 = time.time()
