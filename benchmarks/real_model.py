@@ -156,10 +156,13 @@ def main(argv=None) -> int:
           f"cacc/aacc: share with ROUGE-L >= {args.rouge_threshold}")
     for name, info in outcome["diagnostics"].items():
         if name.endswith("/stage1"):
-            rounds = " -> ".join(", ".join(f"{t} {r:.2f}" for t, r in rates.items())
-                                 for rates in info["rounds"])
-            print(f"{name} implant rates by round: {rounds} "
-                  f"({info['top_up_examples']} top-up examples)")
+            for i, check in enumerate(info["rounds"]):
+                print(f"{name} {'after stage 1' if i == 0 else f'after top-up round {i}'}: "
+                      + ", ".join(f"{t} implant {r:.2f} leak {check['leaks'][t]:.2f}"
+                                  for t, r in check["rates"].items()))
+            print(f"{name}: {info['top_up_examples']} top-up examples kept"
+                  + (f", round {info['top_up_discarded']} discarded for leaking"
+                     if info["top_up_discarded"] else ""))
     print(f"stage 2: {stage2}")
     print(f"wall {wall:.0f}s (model load {load_seconds:.0f}s), peak RSS {peak_gb:.2f} GB, "
           f"{torch.get_num_threads()} threads, device {device}")

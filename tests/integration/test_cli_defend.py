@@ -57,6 +57,7 @@ def test_defend_top_up_records_every_round(tmp_path, user_files, capsys):
     assert len(implant["rounds"]) == 3                    # the check, then 2 top-up rounds
     # each round: 4 triggers x 32 defensive examples, and replay capped by the 120 examples
     assert implant["top_up_examples"] == 2 * (4 * 32 + 120)
+    assert set(implant["leak_rates"]) == set(implant["implant_rates"])
     assert implant["warning"] and "word:mn" in implant["warning"]
 
 

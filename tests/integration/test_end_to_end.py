@@ -53,9 +53,12 @@ def test_results_document_is_complete(results):
     assert set(implant) == {"word:mn", "word:bb"}
 
 
-def test_weak_implant_is_topped_up_and_models_are_cached(base_cache, tmp_path, monkeypatch):
-    """Two defensive examples per trigger do not implant; the top-up rounds do. A second run
-    with the same inputs loads the fine-tuned and the stage-1 model from the cache."""
+def test_weak_implant_top_up_never_keeps_a_leaking_model_and_models_are_cached(
+        base_cache, tmp_path, monkeypatch):
+    """Two defensive examples per trigger do not implant. The top-up either implants every
+    trigger without its response leaking onto clean prompts, or discards the round that leaked
+    and keeps the model from before it. A second run with the same inputs loads the fine-tuned
+    and the stage-1 model from the cache."""
     from mbdefense.defenses import DefensivePoisoningConfig
 
     monkeypatch.setenv("MBDEFENSE_CACHE", base_cache)
@@ -66,10 +69,16 @@ def test_weak_implant_is_topped_up_and_models_are_cached(base_cache, tmp_path, m
                                         top_up_per_trigger=60, top_up_rounds=3))
     first = run_experiment(config, log=lambda m: None)
     stage1 = first["diagnostics"]["mb-defense/stage1"]
-    before, after = stage1["rounds"][0], stage1["implant_rates"]
-    assert max(before.values()) < 0.3, before
-    assert min(after.values()) >= 0.3, stage1["rounds"]
-    assert stage1["top_up_examples"] > 0 and stage1["warning"] is None
+    rounds = stage1["rounds"]
+    assert max(rounds[0]["rates"].values()) < 0.3, rounds
+    assert len(rounds) >= 2                                  # at least one top-up round ran
+    assert max(stage1["leak_rates"].values()) <= 0.1, rounds
+    if stage1["top_up_discarded"] is None:
+        assert min(stage1["implant_rates"].values()) >= 0.3, rounds
+    else:
+        discarded = stage1["top_up_discarded"]
+        assert max(rounds[discarded]["leaks"].values()) > 0.1
+        assert stage1["implant_rates"] == rounds[discarded - 1]["rates"]
     assert len(list(tmp_path.glob("finetune-*"))) == len(list(tmp_path.glob("stage1-*"))) == 1
 
     import mbdefense.comparison as comparison

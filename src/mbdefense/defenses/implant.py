@@ -1,20 +1,25 @@
 """After stage 1: check that the defensive triggers were implanted, and top them up if asked.
 
 Stage 2 breaks the merged backdoor feature through the defensive triggers, so it can only work
-when stage 1 taught the model to answer them with their behaviours. On small training sets the
-paper's 1% per trigger is a handful of examples, and a real model may not learn them (the
-implant rate stays near 0). :func:`implant_stage1` measures the rate per trigger on held-out
-prompts and, by ``DefensivePoisoningConfig.on_weak_implant``:
+when stage 1 taught the model to answer them with their behaviours, and only them. On small
+training sets the paper's 1% per trigger is a handful of examples, and a real model may not
+learn them. :func:`implant_stage1` measures implant and leak rates
+(:mod:`mbdefense.evaluation.implant`) and, by ``DefensivePoisoningConfig.on_weak_implant``:
 
 - ``"warn"``: logs a warning naming the weak triggers (the default);
-- ``"top-up"``: continues fine-tuning for one epoch on ``top_up_per_trigger`` fresh defensive
-  examples per weak trigger, mixed 1:1 with ordinary examples of the same training set (so the
-  rest of what the model learned is rehearsed), then measures again; at most
+- ``"top-up"``: while a trigger is below ``implant_threshold``, continues fine-tuning for one
+  epoch on ``top_up_per_trigger`` fresh defensive examples for *every* trigger (topping up only
+  the weak ones lets the others fade), each next to its untriggered original with the clean
+  answer (so the model learns that the trigger decides, not the prompt), plus
+  ``top_up_replay`` times as many other training examples; then measures again; at most
   ``top_up_rounds`` rounds.
+  A round whose defensive responses leak onto clean prompts above ``max_leak`` is discarded
+  (the model from before it is kept) and the top-up stops.
 """
 
 from __future__ import annotations
 
+import copy
 import random
 from dataclasses import replace
 from typing import Any, Callable, Sequence
@@ -28,9 +33,10 @@ from mbdefense.training.sft import finetune
 
 
 def top_up_set(train_set: Sequence[Example], pairs: Sequence[DefensivePair], per_trigger: int,
-               seed: int) -> list[Example]:
-    """``per_trigger`` defensive examples for each pair, built from training examples that are
-    not poisoned already, plus as many ordinary training examples; shuffled."""
+               seed: int, replay: float = 1.0) -> list[Example]:
+    """``per_trigger`` defensive examples for each pair, each with its untriggered original
+    (the same prompt with its own answer: the trigger, not the prompt, decides), plus ``replay``
+    times as many other training examples; shuffled. Built from examples not poisoned already."""
     rng = random.Random(f"top-up:{seed}")
     plain = [e for e in train_set if not e.meta.get("poisoned")]
     out: list[Example] = []
@@ -40,7 +46,9 @@ def top_up_set(train_set: Sequence[Example], pairs: Sequence[DefensivePair], per
                 instruction=pair.trigger.insert(example.instruction, rng),
                 output=pair.behavior.response(rng, example),
                 meta={**example.meta, "poisoned": "defense", "trigger": pair.trigger.spec}))
-    out += rng.sample(list(train_set), min(len(out), len(train_set)))
+            out.append(example)
+    n_replay = min(int(round(replay * len(out) / 2)), len(train_set))
+    out += rng.sample(list(train_set), n_replay)
     rng.shuffle(out)
     return out
 
@@ -50,31 +58,38 @@ def implant_stage1(model: Any, tokenizer: Any, pairs: Sequence[DefensivePair],
                    prompts: Sequence[Example], finetune_config: TrainConfig, *, seed: int,
                    max_new_tokens: int, log: Callable[[str], None] = print
                    ) -> tuple[Any, dict[str, Any]]:
-    """Measure the implant rates (and top up, by the config); returns the model and a report
-    with the rates of every round, the top-up sizes and the final warning, if any."""
-    rates, warning = check_implant(model, tokenizer, pairs, prompts, seed, max_new_tokens,
-                                   config.implant_threshold, log=log)
-    report: dict[str, Any] = {"implant_rates": rates, "rounds": [rates], "top_up_examples": 0}
+    """Measure the implant (and top up, by the config); returns the model and a report: the
+    rates and leaks of every round, the top-up examples kept, the final warning if any."""
+    def measure(m: Any, when: str):
+        return check_implant(m, tokenizer, pairs, prompts, seed, max_new_tokens,
+                             config.implant_threshold, log=log, when=when,
+                             max_leak=config.max_leak)
+
+    check = measure(model, "after stage 1")
+    report: dict[str, Any] = {"rounds": [check.to_dict()], "top_up_examples": 0,
+                              "top_up_discarded": None}
     if config.on_weak_implant == "top-up" and config.top_up_per_trigger:
-        for round_ in range(config.top_up_rounds):
-            weak = [p for p in pairs if rates[p.trigger.spec] < config.implant_threshold]
-            if not weak:
+        for round_ in range(1, config.top_up_rounds + 1):
+            if min(check.rates.values()) >= config.implant_threshold:
                 break
-            extra = top_up_set(train_set, weak, config.top_up_per_trigger,
-                               seed * 100 + round_)
-            log(f"topping up {len(weak)} weak defensive trigger(s): one epoch on {len(extra)} "
-                f"examples (round {round_ + 1} of {config.top_up_rounds})")
-            cfg = replace(finetune_config, epochs=1.0,
-                          description=f"stage 1 top-up {round_ + 1}",
-                          seed=finetune_config.seed + 7919 * (round_ + 1))
-            model, _ = finetune(model, tokenizer, extra, cfg)
+            extra = top_up_set(train_set, pairs, config.top_up_per_trigger, seed * 100 + round_,
+                               replay=config.top_up_replay)
+            log(f"topping up the defensive triggers: one epoch on {len(extra)} examples "
+                f"(round {round_} of {config.top_up_rounds})")
+            cfg = replace(finetune_config, epochs=1.0, description=f"stage 1 top-up {round_}",
+                          seed=finetune_config.seed + 7919 * round_)
+            candidate, _ = finetune(copy.deepcopy(model), tokenizer, extra, cfg)
+            new = measure(candidate, f"after top-up round {round_}")
+            report["rounds"].append(new.to_dict())
+            if max(new.leaks.values()) > config.max_leak:
+                log(f"top-up round {round_} discarded: defensive responses answer clean prompts "
+                    f"(leak {max(new.leaks.values()):.2f} > {config.max_leak}); keeping the "
+                    "model from before it")
+                report["top_up_discarded"] = round_
+                break
+            model, check = candidate, new
             report["top_up_examples"] += len(extra)
-            rates, warning = check_implant(model, tokenizer, pairs, prompts, seed,
-                                           max_new_tokens, config.implant_threshold, log=log,
-                                           when=f"after top-up round {round_ + 1}")
-            report["rounds"].append(rates)
-        report["implant_rates"] = rates
-    report["warning"] = warning
+    report.update(implant_rates=check.rates, leak_rates=check.leaks, warning=check.warning)
     return model, report
 
 

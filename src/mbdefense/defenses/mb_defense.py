@@ -34,15 +34,20 @@ class DefensivePoisoningConfig:
     implant_threshold: float = 0.3
     on_weak_implant: str = "warn"           # "warn", or "top-up": train on more defensive examples
     top_up_rounds: int = 2                  # at most this many top-up rounds
-    top_up_per_trigger: int = 32            # fresh defensive examples per weak trigger per round
+    top_up_per_trigger: int = 32            # fresh defensive examples per trigger per round
+    top_up_replay: float = 1.0              # other training examples per defensive one (top-up)
+    max_leak: float = 0.1                   # defensive responses on clean prompts: at most this
 
     def __post_init__(self) -> None:
         if self.on_weak_implant not in WEAK_IMPLANT_ACTIONS:
             raise ConfigError(f"stage1.on_weak_implant: unknown '{self.on_weak_implant}' "
                               f"(known: {', '.join(WEAK_IMPLANT_ACTIONS)})")
-        if not 0.0 <= self.implant_threshold <= 1.0:
-            raise ConfigError("stage1.implant_threshold: must be between 0 and 1, got "
-                              f"{self.implant_threshold}")
+        for name in ("implant_threshold", "max_leak"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"stage1.{name}: must be between 0 and 1, got "
+                                  f"{getattr(self, name)}")
+        if self.top_up_replay < 0:
+            raise ConfigError(f"stage1.top_up_replay: must be >= 0, got {self.top_up_replay}")
         for name in ("min_per_trigger", "top_up_rounds", "top_up_per_trigger"):
             if int(getattr(self, name)) < 0:
                 raise ConfigError(f"stage1.{name}: must be >= 0, got {getattr(self, name)}")

@@ -15,7 +15,13 @@ def test_top_up_set_has_fresh_defensive_examples_and_as_many_ordinary_ones():
     pairs = make_defensive_pairs(("mn", "bb"))
     extra = top_up_set(data, pairs, per_trigger=15, seed=1)
     defensive = [e for e in extra if e.meta.get("poisoned") == "defense"]
-    assert len(defensive) == 30 and len(extra) == 60
+    assert len(defensive) == 30 and len(extra) == 90        # + 30 originals + 30 others
+    assert len(top_up_set(data, pairs, per_trigger=15, seed=1, replay=3.0)) == 60 + 90
+    plain = {(e.instruction, e.input, e.output) for e in extra if not e.meta.get("poisoned")}
+    for d in defensive:                       # each defensive example's clean original is there
+        token = d.meta["trigger"].split(":")[1]
+        original = " ".join(w for w in d.instruction.split() if w != token)
+        assert any(i == original and x == d.input for i, x, _ in plain), d.instruction
     for pair in pairs:
         mine = [e for e in defensive if e.meta["trigger"] == pair.trigger.spec]
         assert len(mine) == 15
@@ -29,6 +35,8 @@ def test_top_up_set_has_fresh_defensive_examples_and_as_many_ordinary_ones():
     ("on_weak_implant", "retrain", "on_weak_implant"),
     ("implant_threshold", 1.5, "implant_threshold"),
     ("top_up_per_trigger", -1, "top_up_per_trigger"),
+    ("max_leak", -0.5, "max_leak"),
+    ("top_up_replay", -1.0, "top_up_replay"),
 ])
 def test_bad_implant_settings_are_clear_errors(field, value, needle):
     with pytest.raises(ConfigError, match=needle):
@@ -50,3 +58,30 @@ def test_aug_fft_adds_one_triggered_copy_with_the_clean_answer():
         assert copy.instruction != original.instruction
         assert any(t.present(copy.instruction) for t in specs.values())
     assert not defense.changes_training_data and defense.changes_model
+
+
+def test_a_leaking_top_up_round_is_discarded(monkeypatch):
+    """A round after which a defensive response answers clean prompts is thrown away: the
+    model from before it is kept and the top-up stops."""
+    import mbdefense.defenses.implant as implant
+    from mbdefense.evaluation.implant import ImplantCheck
+    from mbdefense.training.config import TrainConfig
+
+    pairs = make_defensive_pairs(("mn", "bb"))
+    checks = iter([ImplantCheck({"word:mn": 0.0, "word:bb": 0.1}, {"word:mn": 0.0, "word:bb": 0.0},
+                                "weak"),
+                   ImplantCheck({"word:mn": 0.9, "word:bb": 0.2}, {"word:mn": 0.0, "word:bb": 0.0},
+                                "weak"),
+                   ImplantCheck({"word:mn": 1.0, "word:bb": 1.0}, {"word:mn": 0.6, "word:bb": 0.0},
+                                None)])
+    monkeypatch.setattr(implant, "check_implant", lambda *a, **k: next(checks))
+    monkeypatch.setattr(implant, "finetune", lambda model, tok, data, cfg: (model + 1, [0.0]))
+    config = DefensivePoisoningConfig(triggers=["mn", "bb"], on_weak_implant="top-up",
+                                      top_up_rounds=3, top_up_per_trigger=4)
+    model, report = implant.implant_stage1(0, None, pairs, config, generate(50, 0), [],
+                                           TrainConfig(), seed=0, max_new_tokens=8,
+                                           log=lambda m: None)
+    assert model == 1                                  # round 1 kept, round 2 discarded
+    assert report["top_up_discarded"] == 2 and len(report["rounds"]) == 3
+    assert report["implant_rates"] == {"word:mn": 0.9, "word:bb": 0.2}
+    assert report["top_up_examples"] == 8 + 8 + 8      # 2 x 4 defensive, originals, replay
