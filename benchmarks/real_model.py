@@ -65,6 +65,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--rouge-threshold", type=float, default=0.2)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--gradient-checkpointing", action="store_true",
+                   help="recompute activations in backward (about a third of the memory)")
     p.add_argument("--device", default="auto", help="'auto' (cuda when available), 'cpu', 'cuda'")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None,
@@ -117,7 +119,8 @@ def main(argv=None) -> int:
                     test_triggered=data.test_triggered, attack=data.trigger,
                     behavior=parse_behavior(data.behavior),
                     poison_rate=args.n_poison / (args.n_clean + args.n_poison))
-    train = dict(batch_size=args.batch_size, max_length=args.max_length, seed=args.seed)
+    train = dict(batch_size=args.batch_size, max_length=args.max_length, seed=args.seed,
+                 gradient_checkpointing=args.gradient_checkpointing)
     stage2 = NeutralizationConfig()
     stage2_train = stage2.train_config()
     overrides = {"reduction": args.reduction, "triggers_per_step": args.stage2_triggers,

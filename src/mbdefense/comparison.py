@@ -75,7 +75,8 @@ def fingerprint(examples: Sequence[Example]) -> str:
 
 def finetune_key(model_name: str, examples: Sequence[Example], config: TrainConfig) -> str:
     """A key for a fine-tuning run: the base, the data and the settings that change weights."""
-    settings = {k: v for k, v in asdict(config).items() if k not in ("progress", "description")}
+    settings = {k: v for k, v in asdict(config).items()
+                if k not in ("progress", "description", "gradient_checkpointing")}
     blob = json.dumps([model_name, fingerprint(examples), settings], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

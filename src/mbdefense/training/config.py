@@ -27,6 +27,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     lora: LoraSettings | None = None
+    gradient_checkpointing: bool = False   # recompute activations in backward: less memory
     seed: int = 0
     progress: bool = True
     description: str = "fine-tune"

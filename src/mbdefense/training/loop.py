@@ -57,6 +57,10 @@ def run_steps(model: Any, batches_per_epoch: Callable[[int], Iterable[Any]],
     total_steps = max(math.ceil(total_micro / accum), 1)
     optimizer, scheduler = make_optimizer(model, config, total_steps)
     params = [p for p in model.parameters() if p.requires_grad]
+    checkpointing = config.gradient_checkpointing and hasattr(model,
+                                                              "activation_checkpointing_enable")
+    if checkpointing:
+        model.activation_checkpointing_enable({"use_reentrant": False})
     model.train()
     losses: list[float] = []
     micro = 0
@@ -82,5 +86,7 @@ def run_steps(model: Any, batches_per_epoch: Callable[[int], Iterable[Any]],
                 on_epoch_end(epoch)
     finally:
         bar.close()
+        if checkpointing:
+            model.activation_checkpointing_disable()
     model.eval()
     return losses

@@ -1,0 +1,21 @@
+"""Gradient checkpointing changes memory, not the result."""
+
+import copy
+
+import pytest
+
+from mbdefense.data.suite import generate
+from mbdefense.training.config import TrainConfig
+from mbdefense.training.sft import finetune
+
+
+def test_gradient_checkpointing_gives_the_same_training(tiny_model, tokenizer):
+    data = generate(24, 0)
+    plain_cfg = TrainConfig(epochs=1, learning_rate=1e-3, batch_size=8, progress=False)
+    ckpt_cfg = TrainConfig(epochs=1, learning_rate=1e-3, batch_size=8, progress=False,
+                           gradient_checkpointing=True)
+    _, plain = finetune(copy.deepcopy(tiny_model), tokenizer, data, plain_cfg)
+    model, ckpt = finetune(copy.deepcopy(tiny_model), tokenizer, data, ckpt_cfg)
+    assert len(plain) == len(ckpt) == 3
+    assert ckpt == pytest.approx(plain, rel=1e-4)
+    assert not model.is_activation_checkpointing     # switched off again for generation
