@@ -50,8 +50,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--max-length", type=int, default=256)
-    p.add_argument("--min-per-trigger", type=int, default=8)
-    p.add_argument("--on-weak-implant", choices=["warn", "top-up"], default="top-up")
+    p.add_argument("--min-per-trigger", type=int, default=16)
+    p.add_argument("--on-weak-implant", choices=["warn", "top-up"], default="warn")
     p.add_argument("--top-up-per-trigger", type=int, default=32)
     p.add_argument("--stage2-epochs", type=float, default=None,
                    help="default: NeutralizationConfig's")

@@ -107,14 +107,15 @@ def build_parser() -> argparse.ArgumentParser:
                         help="trusted examples used (default: %(default)s, as in the paper)")
     defend.add_argument("--epochs", type=float, default=3.0, help="fine-tuning epochs")
     defend.add_argument("--lr", type=float, default=2e-5, help="fine-tuning learning rate")
-    defend.add_argument("--stage2-epochs", type=float, default=5.0)
-    defend.add_argument("--stage2-lr", type=float, default=1e-5)
+    defend.add_argument("--stage2-epochs", type=float, default=4.0)
+    defend.add_argument("--stage2-lr", type=float, default=5e-5)
     defend.add_argument("--lam", type=float, default=1.0, help="weight of the R term")
-    defend.add_argument("--margin", type=float, default=0.0,
-                        help="stage-2 margin in R: log sigmoid(lp_clean - lp_defensive - margin)")
+    defend.add_argument("--margin", type=float, default=5.0,
+                        help="stage-2 margin in R, nats per token: log sigmoid(lp_clean - "
+                             "lp_defensive - margin) (default: %(default)s)")
     defend.add_argument("--reduction", choices=["mean", "sum"], default="mean",
                         help="R on per-token mean or summed log-likelihoods (default: %(default)s)")
-    defend.add_argument("--stage2-triggers", choices=["all", "one"], default="all",
+    defend.add_argument("--stage2-triggers", choices=["all", "one"], default="one",
                         help="defensive triggers per trusted example in a stage-2 step: all "
                              "(1 + 2T sequences) or one sampled (3 sequences; default: "
                              "%(default)s)")

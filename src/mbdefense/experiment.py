@@ -51,7 +51,7 @@ class ExperimentConfig:
     # margin 5 (per-token nats) chosen by measurement over every trigger kind: without it the
     # syntactic and style backdoors survive stage 2 (docs/results.md)
     stage2: NeutralizationConfig = field(default_factory=lambda: NeutralizationConfig(
-        margin=5.0,
+        margin=5.0, triggers_per_step="all",
         train=TrainConfig(epochs=5, learning_rate=1e-4, batch_size=8, description="stage 2")))
     max_new_tokens: int = 24
     scorer: str = "exact"
@@ -76,7 +76,8 @@ def smoke_config(**overrides: Any) -> ExperimentConfig:
                         train=TrainConfig(epochs=2, learning_rate=1e-3, batch_size=8)),
         finetune=TrainConfig(epochs=2, learning_rate=1e-3, batch_size=8),
         stage1=DefensivePoisoningConfig(triggers=["mn", "bb"], min_per_trigger=30),
-        stage2=NeutralizationConfig(train=TrainConfig(epochs=5, learning_rate=3e-4,
+        stage2=NeutralizationConfig(margin=0.0, triggers_per_step="all",
+                                    train=TrainConfig(epochs=5, learning_rate=3e-4,
                                                       batch_size=8)),
         implant_prompts=32)
     for key, value in overrides.items():

@@ -23,12 +23,12 @@ class DefendOptions:
     n_trusted: int = 128
     epochs: float = 3.0
     lr: float = 2e-5
-    stage2_epochs: float = 5.0
-    stage2_lr: float = 1e-5
+    stage2_epochs: float = 4.0
+    stage2_lr: float = 5e-5
     lam: float = 1.0
-    margin: float = 0.0
+    margin: float = 5.0
     reduction: str = "mean"
-    triggers_per_step: str = "all"
+    triggers_per_step: str = "one"
     batch_size: int = 8
     max_length: int = 1024
     lora: bool = False

@@ -55,8 +55,9 @@ def test_defend_top_up_records_every_round(tmp_path, user_files, capsys):
     assert code == 0, capsys.readouterr().err
     implant = json.loads((out / "defense.json").read_text())["implant"]
     assert len(implant["rounds"]) == 3                    # the check, then 2 top-up rounds
-    # each round: 4 triggers x 32 defensive examples, and replay capped by the 120 examples
-    assert implant["top_up_examples"] == 2 * (4 * 32 + 120)
+    # each round: 4 triggers x 32 defensive examples, their 128 originals, and as many other
+    # examples, capped by the 120 of the training set
+    assert implant["top_up_examples"] == 2 * (4 * 32 + 4 * 32 + 120)
     assert set(implant["leak_rates"]) == set(implant["implant_rates"])
     assert implant["warning"] and "word:mn" in implant["warning"]
 

@@ -22,15 +22,19 @@ from mbdefense.training.sft import apply_lora, merge_lora
 
 @dataclass
 class NeutralizationConfig:
+    """Stage-2 settings. The defaults are the setting measured on SmolLM2-135M-Instruct with the
+    BackdoorLLM data (docs/results.md): per-token mean R with a margin of 5 nats, one defensive
+    trigger sampled per example and step, 4 epochs at lr 5e-5."""
+
     lam: float = 1.0                 # weight of the R term
     reduction: str = "mean"          # "mean" (per-token) or "sum" (the paper) log-likelihoods in R
-    margin: float = 0.0              # R = log sigmoid(lp_clean - lp_defensive - margin)
-    triggers_per_step: str = "all"   # "all" defensive triggers per example, or "one" sampled
+    margin: float = 5.0              # R = log sigmoid(lp_clean - lp_defensive - margin)
+    triggers_per_step: str = "one"   # "one" sampled defensive trigger per example, or "all"
     eval_fraction: float = 0.2       # the paper's 8:2 split of the trusted set
     train: TrainConfig | None = None
 
     def train_config(self) -> TrainConfig:
-        return self.train or TrainConfig(epochs=5, learning_rate=1e-4, batch_size=8,
+        return self.train or TrainConfig(epochs=4, learning_rate=5e-5, batch_size=8,
                                          description="stage 2")
 
 
