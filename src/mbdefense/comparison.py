@@ -68,17 +68,21 @@ class ComparisonSettings:
     cache_dir: str | None = None         # keep fine-tuned models on disk, keyed by their inputs
 
 
+def digest(*parts: Any) -> str:
+    """A short stable hash of JSON-able parts (cache keys)."""
+    blob = json.dumps(list(parts), sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
 def fingerprint(examples: Sequence[Example]) -> str:
-    blob = json.dumps([e.to_dict() for e in examples], sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
+    return digest(*(e.to_dict() for e in examples))
 
 
 def finetune_key(model_name: str, examples: Sequence[Example], config: TrainConfig) -> str:
     """A key for a fine-tuning run: the base, the data and the settings that change weights."""
     settings = {k: v for k, v in asdict(config).items()
                 if k not in ("progress", "description", "gradient_checkpointing")}
-    blob = json.dumps([model_name, fingerprint(examples), settings], sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    return digest(model_name, fingerprint(examples), settings)
 
 
 def compare_defenses(work: Workload, settings: ComparisonSettings,
@@ -175,17 +179,15 @@ def compare_defenses(work: Workload, settings: ComparisonSettings,
             prompts = work.trusted[:settings.implant_prompts]
 
             def check(model: Any = model) -> tuple[Any, dict[str, Any]]:
-                if defense.stage1.on_weak_implant == "top-up":
-                    model = copy.deepcopy(model)   # the fine-tuned model stays as trained
+                # a top-up trains copies, so the cached fine-tuned model stays as trained
                 return implant_stage1(
                     model, work.tokenizer, defense.pairs, defense.stage1, train_set, prompts,
                     replace(settings.finetune, progress=settings.progress, seed=settings.seed),
                     seed=settings.seed, max_new_tokens=settings.max_new_tokens,
                     log=lambda m: log(f"  {m}"))
 
-            stage1_key = hashlib.sha256(json.dumps(
-                [key, asdict(defense.stage1), fingerprint(prompts), settings.max_new_tokens],
-                sort_keys=True, default=str).encode()).hexdigest()[:16]
+            stage1_key = digest(key, asdict(defense.stage1), fingerprint(prompts),
+                                settings.max_new_tokens)
             model, implant = disk_cached("stage1", stage1_key, f"the {name} stage-1 model",
                                          check)
             diagnostics[f"{name}/stage1"] = dict(implant)
