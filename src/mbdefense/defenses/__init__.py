@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
 from mbdefense.defenses.base import Defense, NoDefense
+from mbdefense.defenses.fine_mixing import FineMixing
 from mbdefense.defenses.mb_defense import (AugmentedFFT, CleanFFT, DefensivePoisoningConfig,
                                            MBDefense, StageTwoOnly)
 from mbdefense.defenses.neutralization import NeutralizationConfig
+from mbdefense.defenses.onion import Onion
+from mbdefense.defenses.p2p import P2P
 from mbdefense.errors import ConfigError
 
 DEFENSES: dict[str, type[Defense]] = {
@@ -16,15 +19,20 @@ DEFENSES: dict[str, type[Defense]] = {
     "mb-defense": MBDefense,
     "stage2-only": StageTwoOnly,
     "aug-fft": AugmentedFFT,
+    "onion": Onion,
+    "fine-mixing": FineMixing,
+    "p2p": P2P,
 }
 
 
 def make_defense(name: str, *, stage1: DefensivePoisoningConfig | None = None,
-                 stage2: NeutralizationConfig | None = None, seed: int = 0) -> Defense:
-    """Build a defense from the registry with the shared MB-Defense settings."""
+                 stage2: NeutralizationConfig | None = None, seed: int = 0,
+                 options: Mapping[str, Any] | None = None) -> Defense:
+    """Build a defense from the registry with the shared MB-Defense settings and its own
+    ``options`` (checked against the defense's ``Options``; unknown keys are errors)."""
     if name not in DEFENSES:
         raise ConfigError(f"defense: unknown '{name}' (known: {', '.join(sorted(DEFENSES))})")
-    return DEFENSES[name](stage1, stage2, seed=seed)
+    return DEFENSES[name](stage1, stage2, seed=seed, options=options)
 
 
 __all__ = ["DEFENSES", "Defense", "DefensivePoisoningConfig", "NeutralizationConfig",

@@ -1,28 +1,56 @@
 """The one defense interface: three optional hooks, so every defense fits one pipeline.
 
 - ``before_training(train_set) -> train_set``: change the data before fine-tuning
-  (MB-Defense stage 1);
-- ``after_training(model, tokenizer, trusted_set) -> model``: repair the trained model
-  (MB-Defense stage 2, Clean-FFT);
-- ``at_inference(examples) -> examples``: rewrite prompts before generation.
+  (MB-Defense stage 1, P2P);
+- ``after_training(model, tokenizer, trusted_set, *, clean_model=None) -> model``: repair the
+  trained model (MB-Defense stage 2, Clean-FFT, Fine-mixing). ``clean_model`` is the model
+  fine-tuning started from (never attacked), for defenses that mix weights with it;
+- ``at_inference(examples, *, model=None, tokenizer=None, trusted_set=()) -> examples``:
+  rewrite prompts before generation (ONION, P2P); ``model`` is the model under test.
 
 Each hook defaults to the identity. Every defense takes the same constructor arguments (the
-shared stage-1 and stage-2 settings and a seed) and uses what it needs. ``diagnostics``
-collects what a defense measured about itself (for reports).
+shared stage-1 and stage-2 settings, a seed, and its own ``options``, a mapping checked against
+its ``Options`` dataclass) and uses what it needs. ``diagnostics`` collects what a defense
+measured about itself (for reports).
 """
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+import dataclasses
+from typing import Any, Mapping, Sequence
 
 from mbdefense.data.example import Example
+from mbdefense.errors import ConfigError
+
+
+@dataclasses.dataclass
+class NoOptions:
+    """Defenses without settings of their own."""
+
+
+def parse_options(cls: type, options: Mapping[str, Any] | None, where: str) -> Any:
+    """``cls(**options)`` with unknown keys reported by name (``where``: e.g. 'defense onion')."""
+    options = dict(options or {})
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise ConfigError(f"{where}: unknown option(s) {', '.join(map(repr, unknown))} "
+                          f"(known: {', '.join(sorted(known)) or 'none'})")
+    try:
+        return cls(**options)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{where}: {exc}") from None
 
 
 class Defense:
     name = "none"
+    Options: type = NoOptions
+    needs_clean_model = False   # after_training uses the model fine-tuning started from
 
-    def __init__(self, stage1: Any = None, stage2: Any = None, *, seed: int = 0) -> None:
+    def __init__(self, stage1: Any = None, stage2: Any = None, *, seed: int = 0,
+                 options: Mapping[str, Any] | None = None) -> None:
         self.seed = seed
+        self.options = parse_options(self.Options, options, f"defense {self.name}")
         self.diagnostics: dict[str, Any] = {}
 
     @property
@@ -33,13 +61,19 @@ class Defense:
     def changes_model(self) -> bool:
         return type(self).after_training is not Defense.after_training
 
+    @property
+    def changes_inputs(self) -> bool:
+        return type(self).at_inference is not Defense.at_inference
+
     def before_training(self, train_set: Sequence[Example]) -> list[Example]:
         return list(train_set)
 
-    def after_training(self, model: Any, tokenizer: Any, trusted_set: Sequence[Example]) -> Any:
+    def after_training(self, model: Any, tokenizer: Any, trusted_set: Sequence[Example], *,
+                       clean_model: Any = None) -> Any:
         return model
 
-    def at_inference(self, examples: Sequence[Example]) -> list[Example]:
+    def at_inference(self, examples: Sequence[Example], *, model: Any = None,
+                     tokenizer: Any = None, trusted_set: Sequence[Example] = ()) -> list[Example]:
         return list(examples)
 
 

@@ -76,8 +76,9 @@ class MBDefense(Defense):
     name = "mb-defense"
 
     def __init__(self, stage1: DefensivePoisoningConfig | None = None,
-                 stage2: NeutralizationConfig | None = None, *, seed: int = 0) -> None:
-        super().__init__(seed=seed)
+                 stage2: NeutralizationConfig | None = None, *, seed: int = 0,
+                 options: Any = None) -> None:
+        super().__init__(seed=seed, options=options)
         self.stage1 = stage1 or DefensivePoisoningConfig()
         self.stage2 = stage2 or NeutralizationConfig()
         if self.stage1.responses is not None and len(self.stage1.responses) != len(self.stage1.triggers):
@@ -95,7 +96,8 @@ class MBDefense(Defense):
             1 for e in out if e.meta.get("poisoned") == "defense")
         return out
 
-    def after_training(self, model: Any, tokenizer: Any, trusted_set: Sequence[Example]) -> Any:
+    def after_training(self, model: Any, tokenizer: Any, trusted_set: Sequence[Example], *,
+                       clean_model: Any = None) -> Any:
         model, info = neutralize(model, tokenizer, trusted_set, self.pairs, self.stage2,
                                  seed=self.seed)
         self.diagnostics["stage2"] = info
@@ -116,11 +118,13 @@ class CleanFFT(Defense):
     name = "clean-fft"
 
     def __init__(self, stage1: DefensivePoisoningConfig | None = None,
-                 stage2: NeutralizationConfig | None = None, *, seed: int = 0) -> None:
-        super().__init__(seed=seed)
+                 stage2: NeutralizationConfig | None = None, *, seed: int = 0,
+                 options: Any = None) -> None:
+        super().__init__(seed=seed, options=options)
         self.stage2 = stage2 or NeutralizationConfig()
 
-    def after_training(self, model: Any, tokenizer: Any, trusted_set: Sequence[Example]) -> Any:
+    def after_training(self, model: Any, tokenizer: Any, trusted_set: Sequence[Example], *,
+                       clean_model: Any = None) -> Any:
         model, info = neutralize(model, tokenizer, trusted_set, [], self.stage2, seed=self.seed)
         self.diagnostics["clean_fft"] = info
         return model
@@ -138,7 +142,8 @@ class AugmentedFFT(MBDefense):
     name = "aug-fft"
     before_training = Defense.before_training
 
-    def after_training(self, model: Any, tokenizer: Any, trusted_set: Sequence[Example]) -> Any:
+    def after_training(self, model: Any, tokenizer: Any, trusted_set: Sequence[Example], *,
+                       clean_model: Any = None) -> Any:
         model, info = neutralize(model, tokenizer, trusted_set, [], self.stage2, seed=self.seed,
                                  augment=self.augment)
         self.diagnostics["aug_fft"] = info
