@@ -6,6 +6,7 @@ from typing import Any, Sequence
 
 from mbdefense.data.example import Example
 from mbdefense.data.formatting import render_prompt
+from mbdefense.training.batching import pad_id_of, pad_sequences
 
 
 def generate_answers(model: Any, tokenizer: Any, prompts: Sequence[str], *,
@@ -20,19 +21,14 @@ def generate_answers(model: Any, tokenizer: Any, prompts: Sequence[str], *,
     encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]), reverse=True)
     device = next(model.parameters()).device
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad_id = pad_id_of(tokenizer)
     answers: list[str] = [""] * len(prompts)
     model.eval()
     starts = range(0, len(order), batch_size)
     for start in tqdm(starts, desc=description, disable=not progress, leave=False):
         index = order[start:start + batch_size]
-        width = max(len(encoded[i]) for i in index)
-        ids = torch.full((len(index), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(index), width), dtype=torch.long)
-        for row, i in enumerate(index):
-            seq = encoded[i]
-            ids[row, width - len(seq):] = torch.tensor(seq)
-            mask[row, width - len(seq):] = 1
+        ids, mask = pad_sequences([encoded[i] for i in index], pad_id, left=True)
+        width = ids.shape[1]
         with torch.inference_mode():
             out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
                                  max_new_tokens=max_new_tokens, do_sample=False,

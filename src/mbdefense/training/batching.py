@@ -24,6 +24,33 @@ def length_grouped_batches(lengths: Sequence[int], batch_size: int, seed: int,
     return batches
 
 
+def pad_id_of(tokenizer: Any) -> int:
+    """The tokenizer's pad id, else its EOS id, else 0."""
+    for value in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if value is not None:
+            return value
+    return 0
+
+
+def pad_sequences(sequences: Sequence[Sequence[int]], pad_id: int, *,
+                  left: bool = False) -> tuple[Any, Any]:
+    """Token-id lists as one padded ``[B, longest]`` batch: ``(input_ids, attention_mask)``.
+
+    ``left`` pads on the left (generation and last-token reads: the last column is every
+    row's last real token); otherwise on the right.
+    """
+    import torch
+
+    width = max(len(seq) for seq in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        span = slice(width - len(seq), width) if left else slice(0, len(seq))
+        ids[row, span] = torch.tensor(list(seq), dtype=torch.long)
+        mask[row, span] = 1
+    return ids, mask
+
+
 def collate(items: Sequence[Encoded], pad_id: int) -> dict[str, Any]:
     """Right-pad a list of encoded sequences to the longest one."""
     import torch
