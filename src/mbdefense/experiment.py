@@ -41,6 +41,7 @@ class ExperimentConfig:
     poison_rate: float = 0.2
     seed: int = 0
     defenses: list[str] = field(default_factory=lambda: ["none", "clean-fft", "mb-defense"])
+    defense_options: dict[str, dict[str, Any]] = field(default_factory=dict)  # by defense name
     include_clean_reference: bool = True
     world: WorldConfig = field(default_factory=WorldConfig)
     base: BaseRecipe = field(default_factory=BaseRecipe)
@@ -57,7 +58,8 @@ class ExperimentConfig:
     scorer: str = "exact"
     implant_prompts: int = 64
     progress: bool = True
-    cache_dir: str | None = None     # keep fine-tuned and stage-1 models here, keyed by inputs
+    cache_dir: str | None = None     # keep finished stages here, keyed by their inputs
+    model_name: str = EMBEDDED_MODEL  # the rows' model label (part of the cache keys)
 
 
 def smoke_config(**overrides: Any) -> ExperimentConfig:
@@ -97,9 +99,14 @@ def versions() -> dict[str, str]:
             "transformers": transformers.__version__, "python": platform.python_version()}
 
 
-def run_experiment(config: ExperimentConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
+def run_experiment(config: ExperimentConfig, log: Callable[[str], None] = print,
+                   on_cell: Callable[[str, bool], None] | None = None,
+                   keep_models: bool = False) -> dict[str, Any]:
     """Run the attack, every defense in ``config.defenses`` and the clean reference; return the
-    results document (rows, config, versions, diagnostics, samples)."""
+    results document (rows, config, versions, diagnostics, samples). ``on_cell(label,
+    cached)`` is called as each row's cell finishes (progress). With ``keep_models`` the
+    document also holds ``models`` (by defense; stage-1 models as ``NAME:stage1``) and the
+    ``workload`` (not JSON: for analyses)."""
     start = time.time()
     # validate every name and number before any work
     trigger = parse_trigger(config.attack)
@@ -110,13 +117,13 @@ def run_experiment(config: ExperimentConfig, log: Callable[[str], None] = print)
                           "`mbdefense poison --behavior jailbreak --source FILE`")
     check_rate(config.poison_rate, "poison_rate")
     for name in config.defenses:
-        make_defense(name)
+        make_defense(name, options=config.defense_options.get(name))
     scorer = get_scorer(config.scorer)
     splits = build_splits(config.world.n_train, config.world.n_trusted, config.world.n_test,
                           config.seed)
     base_model, tokenizer, base_path = embedded_base(config.base, progress=config.progress, log=log)
     work = Workload(
-        model_name=EMBEDDED_MODEL, base_model=base_model, tokenizer=tokenizer,
+        model_name=config.model_name, base_model=base_model, tokenizer=tokenizer,
         clean_train=list(splits.train),
         attacked_train=poison(splits.train, trigger, behavior, config.poison_rate, config.seed),
         trusted=list(splits.trusted), test_clean=list(splits.test),
@@ -127,9 +134,12 @@ def run_experiment(config: ExperimentConfig, log: Callable[[str], None] = print)
         stage2=config.stage2, scorer=scorer, seed=config.seed,
         include_clean_reference=config.include_clean_reference,
         max_new_tokens=config.max_new_tokens, implant_prompts=config.implant_prompts,
-        progress=config.progress, cache_dir=config.cache_dir)
+        progress=config.progress, cache_dir=config.cache_dir,
+        defense_options=config.defense_options, on_cell=on_cell, keep_models=keep_models)
     outcome = compare_defenses(work, settings, log=log)
+    extra = {"models": outcome["models"], "workload": work} if keep_models else {}
     return {
+        **extra,
         "rows": outcome["rows"],
         "config": jsonable(asdict(config)),
         "versions": versions(),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import random
 import time
@@ -71,6 +72,7 @@ def defend(options: DefendOptions, log: Callable[[str], None] = print) -> dict[s
     model, tokenizer = load_model(options.model, dtype=options.dtype,
                                   trust_remote_code=options.trust_remote_code,
                                   progress=options.progress, log=log)
+    clean_model = copy.deepcopy(model) if defense.needs_clean_model else None
     train_set = defense.before_training(train_set)
     log(f"fine-tuning on {len(train_set)} examples ...")
     finetune_config = TrainConfig(
@@ -88,7 +90,12 @@ def defend(options: DefendOptions, log: Callable[[str], None] = print) -> dict[s
         summary["implant"] = implant
         if implant["warning"]:
             summary["warnings"] = [implant["warning"]]
-    model = defense.after_training(model, tokenizer, trusted)
+    model = defense.after_training(model, tokenizer, trusted, clean_model=clean_model)
+    del clean_model
+    if defense.changes_inputs:
+        summary.setdefault("warnings", []).append(
+            f"{defense.name} also rewrites prompts at inference: the saved model alone is not "
+            f"the whole defense (see the diagnostics)")
     summary["diagnostics"] = jsonable(defense.diagnostics)
     summary["seconds"] = round(time.time() - start, 1)
     out = Path(options.out)

@@ -12,8 +12,8 @@ def test_smoke_demo_writes_results_and_report(tmp_path, monkeypatch, capsys):
     stdout = capsys.readouterr().out
     assert code == 0
     results = json.loads((out / "results.json").read_text())
-    assert [r["defense"] for r in results["rows"]] == ["none", "none", "clean-fft", "mb-defense"]
-    assert results["rows"][0]["attack"] == "none"
+    assert [r["defense"] for r in results["rows"]] == ["clean", "none", "clean-fft", "mb-defense"]
+    assert results["rows"][0]["poison_rate"] == 0.0 and results["rows"][1]["poison_rate"] == 0.2
     for row in results["rows"]:
         assert {"model", "attack", "behavior", "defense", "cacc", "asr", "aacc", "n_clean",
                 "n_triggered"} <= set(row)

@@ -23,8 +23,8 @@ def test_demo_meets_the_claims(tmp_path, attack, behavior):
     assert main(["demo", "--out", str(out), "--attack", attack, "--behavior", behavior,
                  "--quiet"]) == 0
     results = json.loads((out / "results.json").read_text())
-    rows = {(r["attack"] != "none", r["defense"]): r for r in results["rows"]}
-    attacked, fft, mb = rows[(True, "none")], rows[(True, "clean-fft")], rows[(True, "mb-defense")]
+    rows = {r["defense"]: r for r in results["rows"]}
+    attacked, fft, mb = rows["none"], rows["clean-fft"], rows["mb-defense"]
     assert attacked["asr"] >= 0.90
     assert fft["asr"] >= 0.5
     assert mb["asr"] <= 0.05
