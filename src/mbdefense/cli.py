@@ -135,6 +135,51 @@ def build_parser() -> argparse.ArgumentParser:
                         help="allow model code from the hub (off by default)")
     defend.add_argument("--seed", type=int, default=0)
     defend.add_argument("--quiet", action="store_true")
+
+    run = sub.add_parser("run", help="an experiment grid from a YAML config (models x attacks x "
+                                     "behaviours x defenses x seeds), cached and resumable")
+    run.add_argument("config", help="the grid config (YAML; see configs/)")
+    run.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                     help="override config keys, values in YAML (e.g. seeds=[0,1] "
+                          "stage2.margin=0)")
+    run.add_argument("--out", default=None,
+                     help="output folder (default: runs/NAME, NAME from the config)")
+    run.add_argument("--cache-dir", default=None,
+                     help="where finished stages are kept (default: OUT/cache); point several "
+                          "runs at one folder to share their stages")
+    run.add_argument("--dry-run", action="store_true",
+                     help="validate the config and print the plan; train nothing")
+    run.add_argument("--quiet", action="store_true", help="no progress output")
+
+    analyze = sub.add_parser(
+        "analyze", help="why the defense works (paper section 5): cross-trigger elicitation "
+                        "and poisoned attention heads, before and after each stage")
+    analyze.add_argument("--out", default="mbdefense-analysis",
+                         help="output folder (default: %(default)s)")
+    analyze.add_argument("--attack", default="badnet",
+                         help="attacker's trigger, KIND[:TEXT] (default: %(default)s)")
+    analyze.add_argument("--behavior", default="refusal",
+                         help="backdoor behaviour (default: %(default)s)")
+    analyze.add_argument("--rate", type=float, default=0.2, help="poison rate")
+    analyze.add_argument("--seed", type=int, default=0)
+    analyze.add_argument("--size", choices=["default", "smoke"], default="default",
+                         help="the embedded world's size, as in demo (default: %(default)s)")
+    analyze.add_argument("--alpha", type=float, default=0.5,
+                         help="a head is poisoned when the share of triggered inputs whose "
+                              "maximum attention goes to the trigger exceeds this "
+                              "(default: %(default)s)")
+    analyze.add_argument("--n", type=int, default=64,
+                         help="test prompts per trigger (default: %(default)s)")
+    analyze.add_argument("--cache-dir", default=None,
+                         help="stage cache to reuse (e.g. a run's OUT/cache); default: "
+                              "OUT/cache")
+    analyze.add_argument("--quiet", action="store_true")
+
+    report = sub.add_parser("report", help="Markdown, HTML and CSV reports of finished runs")
+    report.add_argument("runs", nargs="+", metavar="DIR",
+                        help="run folders (or results.json files) to report together")
+    report.add_argument("--out", default=None,
+                        help="output folder (default: the run folder, when there is one)")
     return parser
 
 
@@ -208,7 +253,74 @@ def _cmd_defend(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"demo": _cmd_demo, "poison": _cmd_poison, "defend": _cmd_defend}
+def _log(args: argparse.Namespace):
+    if args.quiet:
+        return lambda msg: None
+    return lambda msg: print(msg, file=sys.stderr, flush=True)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from mbdefense.grid import load_grid_config, plan, run_grid
+
+    config = load_grid_config(args.config, args.overrides)
+    print(plan(config))
+    if args.dry_run:
+        return 0
+    from mbdefense.reporting import text_table, write_report
+
+    out = Path(args.out or Path("runs") / config.name)
+    results = run_grid(config, out, cache_dir=args.cache_dir, log=_log(args),
+                       progress=not args.quiet and sys.stderr.isatty())
+    paths = write_report([out], out)
+    print(text_table(results["rows"]))
+    print(f"\nwall time {results['wall_seconds']:.0f}s; wrote {out / 'results.json'}, "
+          + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+def _cmd_analyze(args: argparse.Namespace) -> int:
+    from mbdefense.analysis import analysis_html, analysis_markdown
+    from mbdefense.analysis.run import analyze_experiment
+    from mbdefense.experiment import ExperimentConfig, smoke_config
+    from mbdefense.io_utils import atomic_write_json, atomic_write_text
+
+    out = Path(args.out)
+    settings = dict(attack=args.attack, behavior=args.behavior, poison_rate=args.rate,
+                    seed=args.seed, progress=not args.quiet and sys.stderr.isatty(),
+                    cache_dir=args.cache_dir or str(out / "cache"))
+    config = smoke_config(**settings) if args.size == "smoke" else ExperimentConfig(**settings)
+    doc = analyze_experiment(config, alpha=args.alpha, n=args.n, log=_log(args))
+    atomic_write_json(out / "analysis.json", doc)
+    atomic_write_text(out / "analysis.md", analysis_markdown(doc))
+    atomic_write_text(out / "analysis.html", analysis_html(doc))
+    for stage in doc["stages"]:
+        merge = stage["cross_elicitation"]
+        heads = ", ".join(f"{a['trigger']} {a['n_poisoned']}" for a in stage["attention"])
+        print(f"{stage['stage']:<14} defensive->attacker {merge['defensive_to_attacker']:.3f} "
+              f"attacker->defensive {merge['attacker_to_defensive']:.3f} "
+              f"(no trigger: {merge['baseline_attacker']:.3f} / "
+              f"{merge['baseline_defensive']:.3f}); poisoned heads: {heads}")
+    print(f"\nwrote {out / 'analysis.json'}, {out / 'analysis.md'}, {out / 'analysis.html'}")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from mbdefense.errors import ConfigError
+    from mbdefense.reporting import write_report
+
+    out = args.out
+    if out is None:
+        if len(args.runs) != 1:
+            raise ConfigError("report: give --out when reporting several runs together")
+        first = Path(args.runs[0])
+        out = first.parent if first.is_file() else first
+    paths = write_report(args.runs, out)
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+COMMANDS = {"demo": _cmd_demo, "poison": _cmd_poison, "defend": _cmd_defend, "run": _cmd_run,
+            "report": _cmd_report, "analyze": _cmd_analyze}
 
 
 def _quiet_libraries() -> None:
@@ -220,7 +332,12 @@ def _quiet_libraries() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     _quiet_libraries()
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # KEY=VALUE overrides may follow options of `run`
+        if args.command != "run" or any(e.startswith("-") or "=" not in e for e in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = list(args.overrides) + extra
     try:
         return COMMANDS[args.command](args)
     except MBDefenseError as exc:

@@ -1,0 +1,54 @@
+"""``mbdefense analyze``: the section-5 analysis of one embedded-world experiment.
+
+Trains (or loads from the stage cache) the attacked model, MB-Defense's stage-1 model and the
+defended model, then measures each with :func:`mbdefense.analysis.report.analyze_models`: the
+cross-trigger elicitation matrix (the merge) and the poisoned attention heads (the break).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from typing import Any, Callable
+
+from mbdefense.experiment import ExperimentConfig
+
+STAGES = (("attacked", "none"), ("after stage 1", "mb-defense:stage1"),
+          ("after stage 2", "mb-defense"))
+
+
+def analyze_experiment(config: ExperimentConfig, *, alpha: float = 0.5, n: int = 64,
+                       log: Callable[[str], None] = print) -> dict[str, Any]:
+    """The analysis document of ``config``'s attack (its ``defenses`` are replaced by the
+    attacked model and MB-Defense; the defensive triggers are ``config.stage1``'s)."""
+    from mbdefense.analysis.report import analyze_models
+    from mbdefense.attacks import parse_behavior, parse_trigger
+    from mbdefense.defenses import make_defense
+    from mbdefense.errors import ConfigError
+
+    if not 0.0 <= alpha < 1.0:
+        raise ConfigError(f"alpha: must be in [0, 1), got {alpha}")
+    if n < 1:
+        raise ConfigError(f"n: must be >= 1, got {n}")
+    start = time.time()
+    config = replace(config, defenses=["none", "mb-defense"], include_clean_reference=False)
+    result = run_models(config, log)
+    work = result["workload"]
+    pairs = make_defense("mb-defense", stage1=config.stage1).pairs
+    log(f"analysing {len(STAGES)} stages on {min(n, len(work.test_clean))} prompts ...")
+    doc = analyze_models({label: result["models"][key] for label, key in STAGES},
+                         work.tokenizer, work.test_clean,
+                         (parse_trigger(config.attack), parse_behavior(config.behavior)),
+                         pairs, alpha=alpha, n=n, seed=config.seed,
+                         max_new_tokens=config.max_new_tokens)
+    doc["rows_of_run"] = result["rows"]
+    doc["config"] = result["config"]
+    doc["versions"] = result["versions"]
+    doc["wall_seconds"] = round(time.time() - start, 1)
+    return doc
+
+
+def run_models(config: ExperimentConfig, log: Callable[[str], None]) -> dict[str, Any]:
+    from mbdefense.experiment import run_experiment
+
+    return run_experiment(config, log=log, keep_models=True)

@@ -1,0 +1,68 @@
+"""analyze_models on tiny random models, and its Markdown and HTML renderings."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from mbdefense.analysis.report import analysis_html, analysis_markdown, analyze_models
+from mbdefense.attacks.behaviors import parse_behavior
+from mbdefense.attacks.triggers import parse_trigger
+from mbdefense.data.suite import generate
+from mbdefense.defenses.defensive_triggers import make_defensive_pairs
+
+STAGE_KEYS = {"stage", "elicitation", "cross_elicitation", "attention"}
+ATTENTION_KEYS = {"trigger", "spec", "role", "n_inputs", "skipped", "layers", "heads",
+                  "poisoned_heads", "n_poisoned", "mean_mass", "max_share", "mass"}
+
+
+@pytest.fixture(scope="module")
+def doc(tokenizer):
+    from mbdefense.modeling.embedded import TinyModelConfig, build_tiny_model
+
+    shape = TinyModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64)
+    models = {"attacked": build_tiny_model(tokenizer, shape, seed=0),
+              "after stage 2": build_tiny_model(tokenizer, shape, seed=1)}
+    return analyze_models(models, tokenizer, generate(5, seed=0),
+                          (parse_trigger("badnet"), parse_behavior("refusal")),
+                          make_defensive_pairs(("mn", "bb")), n=3, max_new_tokens=3,
+                          batch_size=4)
+
+
+def test_document_keys(doc):
+    assert doc["n"] == 3 and doc["alpha"] == 0.5
+    assert doc["attacker"] == {"trigger": "word:cf", "behavior": "refusal"}
+    assert [d["trigger"] for d in doc["defensive"]] == ["word:mn", "word:bb"]
+    assert [s["stage"] for s in doc["stages"]] == ["attacked", "after stage 2"]
+    for stage in doc["stages"]:
+        assert set(stage) == STAGE_KEYS
+        matrix = stage["elicitation"]
+        assert matrix["rows"] == [r["label"] for r in doc["rows"]] + ["no trigger"]
+        assert matrix["columns"] == [c["label"] for c in doc["columns"]]
+        assert len(matrix["values"]) == 4 and all(len(v) == 3 for v in matrix["values"])
+        assert all(0.0 <= v <= 1.0 for row in matrix["values"] for v in row)
+        assert stage["cross_elicitation"]["attacker_row"] == matrix["rows"][0]
+        assert [a["role"] for a in stage["attention"]] == ["attacker", "defensive", "defensive"]
+        for item in stage["attention"]:
+            assert set(item) == ATTENTION_KEYS
+            assert (item["layers"], item["heads"]) == (1, 2)
+            assert item["n_poisoned"] == len(item["poisoned_heads"])
+            assert item["n_inputs"] + item["skipped"] == 3
+    assert json.loads(json.dumps(doc)) == doc
+
+
+def test_markdown(doc):
+    text = analysis_markdown(doc)
+    assert "## attacked" in text and "## after stage 2" in text
+    assert "poisoned heads" in text and "mean attention on trigger" in text
+    assert "| word:cf (attacker) |" in text and "| no trigger |" in text
+
+
+def test_html_is_self_contained(doc):
+    page = analysis_html(doc)
+    assert page.startswith("<!DOCTYPE html>") and page.rstrip().endswith("</html>")
+    assert page.count("<svg") == 2 * (1 + 3)  # per stage: the matrix and one grid per trigger
+    assert not re.search(r"<script|<link|<img|<iframe|@import|url\(|\b(src|href)=", page)
+    assert "after stage 2" in page
