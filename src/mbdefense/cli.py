@@ -164,6 +164,11 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--seed", type=int, default=0)
     analyze.add_argument("--size", choices=["default", "smoke"], default="default",
                          help="the embedded world's size, as in demo (default: %(default)s)")
+    analyze.add_argument("--config", default=None,
+                         help="take the model and settings from this grid config instead (its "
+                              "first model unless --model; reuse its stages with --cache-dir "
+                              "RUN/cache)")
+    analyze.add_argument("--model", default=None, help="with --config: which of its models")
     analyze.add_argument("--alpha", type=float, default=0.5,
                          help="a head is poisoned when the share of triggered inputs whose "
                               "maximum attention goes to the trigger exceeds this "
@@ -185,8 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from mbdefense.experiment import ExperimentConfig, run_experiment, smoke_config
-    from mbdefense.io_utils import atomic_write_json, atomic_write_text
-    from mbdefense.reporting import markdown_report, text_table
+    from mbdefense.io_utils import atomic_write_json
+    from mbdefense.reporting import text_table, write_report
 
     settings = dict(attack=args.attack, behavior=args.behavior, poison_rate=args.rate,
                     seed=args.seed,
@@ -199,10 +204,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     results = run_experiment(config, log=log)
     out = Path(args.out)
     atomic_write_json(out / "results.json", results)
-    atomic_write_text(out / "report.md", markdown_report(results, "mbdefense demo"))
+    paths = write_report([out], out, title="mbdefense demo")
     print(text_table(results["rows"]))
-    print(f"\nwall time {results['wall_seconds']:.0f}s; wrote {out / 'results.json'} and "
-          f"{out / 'report.md'}")
+    print(f"\nwall time {results['wall_seconds']:.0f}s; wrote {out / 'results.json'}, "
+          + ", ".join(str(p) for p in paths.values()))
     return 0
 
 
@@ -281,14 +286,27 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_analyze(args: argparse.Namespace) -> int:
     from mbdefense.analysis import analysis_html, analysis_markdown
     from mbdefense.analysis.run import analyze_experiment
+    from mbdefense.errors import ConfigError
     from mbdefense.experiment import ExperimentConfig, smoke_config
     from mbdefense.io_utils import atomic_write_json, atomic_write_text
 
     out = Path(args.out)
-    settings = dict(attack=args.attack, behavior=args.behavior, poison_rate=args.rate,
-                    seed=args.seed, progress=not args.quiet and sys.stderr.isatty(),
-                    cache_dir=args.cache_dir or str(out / "cache"))
-    config = smoke_config(**settings) if args.size == "smoke" else ExperimentConfig(**settings)
+    progress = not args.quiet and sys.stderr.isatty()
+    cache_dir = args.cache_dir or str(out / "cache")
+    if args.config:
+        from mbdefense.grid import load_grid_config
+
+        grid = load_grid_config(args.config, [f"poison_rate={args.rate}"])
+        model = args.model or grid.models[0]
+        if model not in grid.models:
+            raise ConfigError(f"--model: '{model}' is not in {args.config} (models: "
+                              f"{', '.join(grid.models)})")
+        config = grid.experiment(model, args.seed, args.attack, args.behavior,
+                                 progress=progress, cache_dir=cache_dir)
+    else:
+        settings = dict(attack=args.attack, behavior=args.behavior, poison_rate=args.rate,
+                        seed=args.seed, progress=progress, cache_dir=cache_dir)
+        config = smoke_config(**settings) if args.size == "smoke" else ExperimentConfig(**settings)
     doc = analyze_experiment(config, alpha=args.alpha, n=args.n, log=_log(args))
     atomic_write_json(out / "analysis.json", doc)
     atomic_write_text(out / "analysis.md", analysis_markdown(doc))

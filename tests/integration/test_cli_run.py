@@ -106,3 +106,47 @@ def test_run_refuses_a_bad_config_before_any_work(tmp_path, capsys):
     assert main(["run", str(path), "--out", str(tmp_path / "out")]) == 2
     assert "bad.yaml:2: defenses.1: unknown defense 'magic'" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_analyze_reuses_the_grid_stages_and_reports_merge_and_heads(env, reference, monkeypatch,
+                                                                     capsys):
+    root, environ = env
+    monkeypatch.setenv("MBDEFENSE_CACHE", environ["MBDEFENSE_CACHE"])
+    out = root / "analysis"
+    code = main(["analyze", "--config", str(root / "tiny.yaml"), "--cache-dir",
+                 str(reference[0] / "cache"), "--out", str(out), "--n", "16"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "fine-tuning the base" not in captured.err      # attacked and stage 1 from the run
+    assert captured.err.count("loading the fine-tuned model") == 2
+    doc = json.loads((out / "analysis.json").read_text())
+    stages = {s["stage"]: s for s in doc["stages"]}
+    assert list(stages) == ["attacked", "after stage 1", "after stage 2"]
+    attacked, defended = stages["attacked"], stages["after stage 2"]
+    # the attacked model's elicitation agrees with the grid's ASR row, and stage 2 lowers it
+    assert attacked["cross_elicitation"]["attacker_asr"] >= 0.8
+    assert (defended["cross_elicitation"]["attacker_asr"]
+            < attacked["cross_elicitation"]["attacker_asr"])
+    for stage in doc["stages"]:
+        assert [a["trigger"] for a in stage["attention"]][1:] == ["word:mn", "word:bb"]
+        for a in stage["attention"]:
+            assert 0 <= a["n_poisoned"] <= a["layers"] * a["heads"] and a["n_inputs"] > 0
+    html = (out / "analysis.html").read_text()
+    assert "<svg" in html and "poisoned" in (out / "analysis.md").read_text().lower()
+    assert "after stage 2" in captured.out
+
+
+def test_report_combines_runs_and_refuses_a_bad_one(reference, tmp_path, capsys):
+    out = tmp_path / "combined"
+    assert main(["report", str(reference[0]), str(reference[0] / "results.json"),
+                 "--out", str(out)]) == 0
+    csv_text = (out / "results.csv").read_text()
+    assert csv_text.count("\n") == 1 + 4       # header + the 4 rows (duplicates merged)
+    assert "<svg" in (out / "report.html").read_text()
+    assert "| mb-defense |" in (out / "report.md").read_text()
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "results.json").write_text('{"rows": [{"model": "m"}]}')
+    assert main(["report", str(bad)]) == 2
+    assert "results.json" in capsys.readouterr().err
+    assert not (bad / "report.md").exists()

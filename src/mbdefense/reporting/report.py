@@ -402,15 +402,30 @@ def csv_rows(rows: Sequence[Row]) -> str:
 # ----------------------------------------------------------------------------- Markdown
 
 
+LIST_TEXT_LIMIT = 600   # longer lists show only their length
+
+
+def _rounded(value: Any) -> Any:
+    if isinstance(value, float):
+        return float(f"{value:.4g}")
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_rounded(v) for v in value]
+    return value
+
+
 def _flatten(value: Any, prefix: str = "") -> list[tuple[str, Any]]:
-    """Scalar leaves of nested objects as ``(dotted.path, value)``; a list shows its length."""
+    """Scalar leaves of nested objects as ``(dotted.path, value)``; a list shows as compact
+    JSON (e.g. a stage-2 eval-loss history), or its length when that is long."""
     if isinstance(value, dict):
         out: list[tuple[str, Any]] = []
         for key, item in value.items():
             out += _flatten(item, f"{prefix}.{key}" if prefix else str(key))
         return out
     if isinstance(value, list):
-        return [(prefix, f"[{len(value)} entries]")]
+        text = json.dumps(_rounded(value), ensure_ascii=False, default=str)
+        return [(prefix, text if len(text) <= LIST_TEXT_LIMIT else f"[{len(value)} entries]")]
     return [(prefix, value)]
 
 
