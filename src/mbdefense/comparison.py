@@ -27,8 +27,7 @@ from mbdefense.attacks.behaviors import Behavior
 from mbdefense.data.example import Example
 from mbdefense.defenses import DefensivePoisoningConfig, NeutralizationConfig, make_defense
 from mbdefense.defenses.base import Defense
-from mbdefense.defenses.implant import implant_stage1
-from mbdefense.defenses.mb_defense import MBDefense
+from mbdefense.defenses.implant import implant_stage1, implants
 from mbdefense.evaluation.generation import answer_examples
 from mbdefense.evaluation.likelihood import reference_nll
 from mbdefense.evaluation.metrics import Metrics, compute_metrics
@@ -116,12 +115,6 @@ def evaluation_key(work: Workload, settings: ComparisonSettings) -> str:
                   getattr(settings.scorer, "name", type(settings.scorer).__name__),
                   settings.max_new_tokens, settings.reference_nll, settings.n_samples,
                   work.poison_rate)
-
-
-def implants(defense: Defense) -> bool:
-    """Whether a defense trains the defender's trigger-behaviour pairs into the model (MB-Defense
-    stage 1): its stage-1 model is checked for the implant (and topped up) before stage 2."""
-    return isinstance(defense, MBDefense) and defense.changes_training_data
 
 
 def compare_defenses(work: Workload, settings: ComparisonSettings,

@@ -46,7 +46,7 @@ class DefendOptions:
 def defend(options: DefendOptions, log: Callable[[str], None] = print) -> dict[str, Any]:
     from mbdefense.data import load_examples
     from mbdefense.defenses import DefensivePoisoningConfig, NeutralizationConfig, make_defense
-    from mbdefense.defenses.implant import implant_stage1
+    from mbdefense.defenses.implant import implant_stage1, implants
     from mbdefense.io_utils import atomic_directory, jsonable
     from mbdefense.training.config import LoraSettings, TrainConfig
     from mbdefense.training.sft import finetune
@@ -81,7 +81,7 @@ def defend(options: DefendOptions, log: Callable[[str], None] = print) -> dict[s
     model, losses = finetune(model, tokenizer, train_set, finetune_config)
     summary: dict[str, Any] = {"options": asdict(options), "train_examples": len(train_set),
                                "final_train_loss": losses[-1] if losses else None}
-    if defense.changes_training_data:
+    if implants(defense):
         model, implant = implant_stage1(
             model, tokenizer, defense.pairs, defense.stage1, train_set,
             trusted[:options.implant_prompts], finetune_config, seed=options.seed,

@@ -22,7 +22,7 @@ def user_files(tmp_path, tokenizer, tiny_model):
     return model_dir, tmp_path / "train.jsonl", tmp_path / "trusted.json"
 
 
-@pytest.mark.parametrize("defense", ["mb-defense", "clean-fft"])
+@pytest.mark.parametrize("defense", ["mb-defense", "clean-fft", "fine-mixing", "p2p"])
 def test_defend_writes_a_loadable_model(tmp_path, user_files, defense, capsys):
     from transformers import AutoModelForCausalLM
 
@@ -39,6 +39,12 @@ def test_defend_writes_a_loadable_model(tmp_path, user_files, defense, capsys):
         assert set(summary["implant_rates"]) == {"word:mn", "word:bb", "word:zx", "word:qv"}
         assert summary["diagnostics"]["defensive_examples"] == 4  # 1% of 120 per trigger, rounded
         assert len(summary["diagnostics"]["stage2"]["history"]) == 2
+    if defense == "fine-mixing":  # mixed with the model defend started from, then fine-tuned
+        assert 0.45 < summary["diagnostics"]["mixing"]["share_retained"] < 0.55
+        assert len(summary["diagnostics"]["fine_tune"]["history"]) == 2
+    if defense == "p2p":  # the prompts need the trigger at inference: the summary says so
+        assert summary["diagnostics"]["p2p_examples"] == 24
+        assert any("at inference" in w for w in summary["warnings"])
     AutoModelForCausalLM.from_pretrained(out / "model")
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".defended")]
 
