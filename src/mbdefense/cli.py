@@ -284,11 +284,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
-    from mbdefense.analysis import analysis_html, analysis_markdown
+    from mbdefense.analysis import analysis_html, analysis_markdown, stage_summary
     from mbdefense.analysis.run import analyze_experiment
     from mbdefense.errors import ConfigError
     from mbdefense.experiment import ExperimentConfig, smoke_config
     from mbdefense.io_utils import atomic_write_json, atomic_write_text
+    from mbdefense.reporting import text_table
 
     out = Path(args.out)
     progress = not args.quiet and sys.stderr.isatty()
@@ -311,13 +312,10 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     atomic_write_json(out / "analysis.json", doc)
     atomic_write_text(out / "analysis.md", analysis_markdown(doc))
     atomic_write_text(out / "analysis.html", analysis_html(doc))
-    for stage in doc["stages"]:
-        merge = stage["cross_elicitation"]
-        heads = ", ".join(f"{a['trigger']} {a['n_poisoned']}" for a in stage["attention"])
-        print(f"{stage['stage']:<14} defensive->attacker {merge['defensive_to_attacker']:.3f} "
-              f"attacker->defensive {merge['attacker_to_defensive']:.3f} "
-              f"(no trigger: {merge['baseline_attacker']:.3f} / "
-              f"{merge['baseline_defensive']:.3f}); poisoned heads: {heads}")
+    print(text_table(stage_summary(doc), [
+        "stage", "attacker_asr", "defensive_to_attacker", "baseline_attacker",
+        "attacker_to_defensive", "defensive_cross", "attacker_poisoned_heads",
+        "defensive_poisoned_heads", "shared_heads", "attacker_attention"]))
     print(f"\nwrote {out / 'analysis.json'}, {out / 'analysis.md'}, {out / 'analysis.html'}")
     return 0
 

@@ -79,6 +79,10 @@ def analyze_models(models: Mapping[str, Any], tokenizer: Any, examples: Sequence
                               "poisoned_heads": [[layer, head] for layer, head in heads],
                               "n_poisoned": len(heads), "mean_mass": stats["mean_mass"],
                               "max_share": stats["max_share"], "mass": stats["mass"]})
+        attacker_heads = {tuple(h) for h in attention[0]["poisoned_heads"]}
+        for entry in attention:
+            entry["shared_with_attacker"] = len(
+                attacker_heads & {tuple(h) for h in entry["poisoned_heads"]})
         stages.append({"stage": str(stage), "elicitation": matrix,
                        "cross_elicitation": cross_elicitation(matrix, 0, 0),
                        "attention": attention})
@@ -92,6 +96,46 @@ def analyze_models(models: Mapping[str, Any], tokenizer: Any, examples: Sequence
                     for label, b in zip(col_labels, col_behaviors)],
         "stages": stages,
     }
+
+
+def stage_summary(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per stage: the merge (cross-elicitation against the no-trigger baseline, poisoned
+    heads shared by the attacker's and the defensive triggers) and the break (the attacker's
+    poisoned heads and attention)."""
+    rows = []
+    for stage in doc["stages"]:
+        merge = stage["cross_elicitation"]
+        attacker, *defensive = stage["attention"]
+        rows.append({
+            "stage": stage["stage"],
+            "attacker_asr": merge["attacker_asr"],
+            "defensive_to_attacker": merge["defensive_to_attacker"],
+            "attacker_to_defensive": merge["attacker_to_defensive"],
+            "baseline_attacker": merge["baseline_attacker"],
+            "defensive_cross": merge["defensive_cross"],
+            "attacker_poisoned_heads": attacker["n_poisoned"],
+            "defensive_poisoned_heads": sum(a["n_poisoned"] for a in defensive),
+            "shared_heads": sum(a["shared_with_attacker"] for a in defensive),
+            "attacker_attention": attacker["mean_mass"],
+            "heads": attacker["layers"] * attacker["heads"],
+        })
+    return rows
+
+
+_STAGE_SUMMARY_HEADER = [
+    "stage", "attacker ASR", "defensive → attacker's behaviour (no trigger)",
+    "attacker → defensive responses", "defensive → other defensive",
+    "attacker's poisoned heads", "defensive triggers' poisoned heads (shared with attacker)",
+    "mean attention on the attacker's trigger"]
+
+
+def _stage_summary_rows(doc: dict[str, Any]) -> list[list[Any]]:
+    return [[r["stage"], r["attacker_asr"],
+             f"{_fmt(r['defensive_to_attacker'])} ({_fmt(r['baseline_attacker'])})",
+             r["attacker_to_defensive"], r["defensive_cross"],
+             f"{r['attacker_poisoned_heads']} / {r['heads']}",
+             f"{r['defensive_poisoned_heads']} ({r['shared_heads']})", r["attacker_attention"]]
+            for r in stage_summary(doc)]
 
 
 # --- rendering ------------------------------------------------------------------------------
@@ -136,11 +180,11 @@ _SUMMARY_KEYS = (
 def _attention_rows(stage: dict[str, Any]) -> list[list[Any]]:
     return [[a["trigger"], a["role"], a["n_inputs"], a["skipped"],
              f"{a['n_poisoned']} / {a['layers'] * a['heads']}", _heads_text(a["poisoned_heads"]),
-             a["mean_mass"]] for a in stage["attention"]]
+             a.get("shared_with_attacker", "–"), a["mean_mass"]] for a in stage["attention"]]
 
 
 _ATTENTION_HEADER = ("trigger", "role", "inputs", "skipped", "poisoned heads", "heads",
-                     "mean attention on trigger")
+                     "shared with the attacker's", "mean attention on trigger")
 
 
 def analysis_markdown(doc: dict[str, Any]) -> str:
@@ -154,7 +198,13 @@ def analysis_markdown(doc: dict[str, Any]) -> str:
              f"{doc['alpha']:g} of the triggered inputs put their maximum attention (from the "
              "last prompt token) on the trigger.", "",
              "Behaviour columns: " + "; ".join(f"{c['label']} = `{c['spec']}`"
-                                               for c in doc["columns"]) + ".", ""]
+                                               for c in doc["columns"]) + ".", "",
+             "## Summary", "",
+             _md_table(_STAGE_SUMMARY_HEADER, _stage_summary_rows(doc)), "",
+             "The merge shows as defensive triggers eliciting the attacker's behaviour (or the "
+             "reverse) above the no-trigger rate, and as poisoned heads shared between the "
+             "attacker's and the defensive triggers; the break as fewer poisoned heads and less "
+             "attention on the attacker's trigger after stage 2.", ""]
     for stage in doc["stages"]:
         parts += [f"## {stage['stage']}", "", "### Attention to the triggers", "",
                   _md_table(_ATTENTION_HEADER, _attention_rows(stage)), ""]
@@ -198,7 +248,8 @@ def analysis_html(doc: dict[str, Any]) -> str:
             + (", ".join(f"<code>{escape(d['trigger'])}</code>" for d in doc["defensive"])
                or "none")
             + f". {doc['n']} examples, seed {doc['seed']}; poisoned head: share above "
-            f"{doc['alpha']:g}.</p>"]
+            f"{doc['alpha']:g}.</p>", "<h2>Summary</h2>",
+            _html_table(_STAGE_SUMMARY_HEADER, _stage_summary_rows(doc))]
     for stage in doc["stages"]:
         name = stage["stage"]
         matrix = stage["elicitation"]

@@ -15,7 +15,8 @@ from mbdefense.defenses.defensive_triggers import make_defensive_pairs
 
 STAGE_KEYS = {"stage", "elicitation", "cross_elicitation", "attention"}
 ATTENTION_KEYS = {"trigger", "spec", "role", "n_inputs", "skipped", "layers", "heads",
-                  "poisoned_heads", "n_poisoned", "mean_mass", "max_share", "mass"}
+                  "poisoned_heads", "n_poisoned", "mean_mass", "max_share", "mass",
+                  "shared_with_attacker"}
 
 
 @pytest.fixture(scope="module")
@@ -66,3 +67,17 @@ def test_html_is_self_contained(doc):
     assert page.count("<svg") == 2 * (1 + 3)  # per stage: the matrix and one grid per trigger
     assert not re.search(r"<script|<link|<img|<iframe|@import|url\(|\b(src|href)=", page)
     assert "after stage 2" in page
+
+
+def test_stage_summary_counts_heads_shared_with_the_attacker(doc):
+    from mbdefense.analysis import stage_summary
+
+    for stage, row in zip(doc["stages"], stage_summary(doc)):
+        attacker = {tuple(h) for h in stage["attention"][0]["poisoned_heads"]}
+        shared = [len(attacker & {tuple(h) for h in a["poisoned_heads"]})
+                  for a in stage["attention"]]
+        assert [a["shared_with_attacker"] for a in stage["attention"]] == shared
+        assert shared[0] == len(attacker)          # the attacker's own heads, all shared
+        assert row["shared_heads"] == sum(shared[1:])
+        assert row["attacker_poisoned_heads"] == len(attacker)
+        assert row["stage"] == stage["stage"]
