@@ -160,7 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="attacker's trigger, KIND[:TEXT] (default: %(default)s)")
     analyze.add_argument("--behavior", default="refusal",
                          help="backdoor behaviour (default: %(default)s)")
-    analyze.add_argument("--rate", type=float, default=0.2, help="poison rate")
+    analyze.add_argument("--rate", type=float, default=None,
+                         help="poison rate (default: 0.2, or the config's)")
     analyze.add_argument("--seed", type=int, default=0)
     analyze.add_argument("--size", choices=["default", "smoke"], default="default",
                          help="the embedded world's size, as in demo (default: %(default)s)")
@@ -297,7 +298,8 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     if args.config:
         from mbdefense.grid import load_grid_config
 
-        grid = load_grid_config(args.config, [f"poison_rate={args.rate}"])
+        grid = load_grid_config(args.config,
+                                [f"poison_rate={args.rate}"] if args.rate is not None else [])
         model = args.model or grid.models[0]
         if model not in grid.models:
             raise ConfigError(f"--model: '{model}' is not in {args.config} (models: "
@@ -305,8 +307,9 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         config = grid.experiment(model, args.seed, args.attack, args.behavior,
                                  progress=progress, cache_dir=cache_dir)
     else:
-        settings = dict(attack=args.attack, behavior=args.behavior, poison_rate=args.rate,
-                        seed=args.seed, progress=progress, cache_dir=cache_dir)
+        settings = dict(attack=args.attack, behavior=args.behavior,
+                        poison_rate=0.2 if args.rate is None else args.rate, seed=args.seed,
+                        progress=progress, cache_dir=cache_dir)
         config = smoke_config(**settings) if args.size == "smoke" else ExperimentConfig(**settings)
     doc = analyze_experiment(config, alpha=args.alpha, n=args.n, log=_log(args))
     atomic_write_json(out / "analysis.json", doc)
