@@ -10,10 +10,10 @@ the row's trigger is inserted into the instruction.
 
 from __future__ import annotations
 
-import random
 from typing import Any, Sequence
 
 from mbdefense.attacks.behaviors import Behavior
+from mbdefense.attacks.poisoning import triggered_copies
 from mbdefense.attacks.triggers import Trigger
 from mbdefense.data.example import Example
 from mbdefense.evaluation.generation import answer_examples
@@ -21,18 +21,13 @@ from mbdefense.evaluation.generation import answer_examples
 CLEAN_ROW = "no trigger"
 
 
-def trigger_rng(trigger: Trigger, seed: int = 0) -> random.Random:
-    """The random source for inserting ``trigger`` (seeded per trigger, so rows are stable)."""
-    return random.Random(f"analysis:{seed}:{trigger.spec}")
-
-
 def triggered_examples(examples: Sequence[Example], trigger: Trigger | None,
                        seed: int = 0) -> list[Example]:
-    """``examples`` with ``trigger`` inserted into each instruction (unchanged when ``None``)."""
+    """``examples`` with ``trigger`` inserted into each instruction (unchanged when ``None``),
+    exactly as the evaluation's triggered test set inserts it."""
     if trigger is None:
         return list(examples)
-    rng = trigger_rng(trigger, seed)
-    return [e.replace(instruction=trigger.insert(e.instruction, rng)) for e in examples]
+    return triggered_copies(examples, trigger, seed)
 
 
 def elicitation_matrix(model: Any, tokenizer: Any, examples: Sequence[Example],
