@@ -189,6 +189,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _log(args: argparse.Namespace):
+    if args.quiet:
+        return lambda msg: None
+    return lambda msg: print(msg, file=sys.stderr, flush=True)
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from mbdefense.experiment import ExperimentConfig, run_experiment, smoke_config
     from mbdefense.io_utils import atomic_write_json
@@ -201,8 +207,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     config = smoke_config(**settings) if args.size == "smoke" else ExperimentConfig(**settings)
     if args.margin is not None:
         config.stage2 = dataclasses.replace(config.stage2, margin=args.margin)
-    log = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
-    results = run_experiment(config, log=log)
+    results = run_experiment(config, log=_log(args))
     out = Path(args.out)
     atomic_write_json(out / "results.json", results)
     paths = write_report([out], out, title="mbdefense demo")
@@ -253,16 +258,9 @@ def _cmd_defend(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, max_length=args.max_length, lora=args.lora,
         trust_remote_code=args.trust_remote_code, seed=args.seed,
         progress=not args.quiet and sys.stderr.isatty())
-    log = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
-    summary = defend(options, log=log)
+    summary = defend(options, log=_log(args))
     print(f"defended model written to {summary['model_dir']}")
     return 0
-
-
-def _log(args: argparse.Namespace):
-    if args.quiet:
-        return lambda msg: None
-    return lambda msg: print(msg, file=sys.stderr, flush=True)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:

@@ -106,6 +106,14 @@ def finetune_key(model_name: str, examples: Sequence[Example], config: TrainConf
 
 
 CELL_KEY_VERSION = 1
+CLEAN_REFERENCE = "clean"   # the row of the never-attacked model: a reference, not a defense
+
+
+def row_line(row: dict[str, Any]) -> str:
+    """One result row as a log line."""
+    nll = "" if row.get("reference_nll") is None else f"  ref-NLL {row['reference_nll']:.3f}"
+    return (f"  {row['defense']:<14} CACC {row['cacc']:.3f}  ASR {row['asr']:.3f}  "
+            f"AACC {row['aacc']:.3f}  clean-ASR {row['clean_asr']:.3f}{nll}")
 
 
 def evaluation_key(work: Workload, settings: ComparisonSettings) -> str:
@@ -196,14 +204,12 @@ def compare_defenses(work: Workload, settings: ComparisonSettings,
         metrics, cell = evaluate(model, defense)
         row = {"model": work.model_name, "attack": work.attack, "behavior": work.behavior.spec,
                "defense": defense_name, **metrics.to_dict(), "seed": settings.seed,
-               "poison_rate": 0.0 if defense_name == "clean" else work.poison_rate,
+               "poison_rate": 0.0 if defense_name == CLEAN_REFERENCE else work.poison_rate,
                "train_seconds": round(seconds, 1)}
         out["rows"].append(row)
         out["samples"]["|".join([work.model_name, work.attack, work.behavior.spec,
                                  defense_name, f"seed{settings.seed}"])] = cell
-        nll = "" if row["reference_nll"] is None else f"  ref-NLL {row['reference_nll']:.3f}"
-        log(f"  {defense_name:<14} CACC {row['cacc']:.3f}  ASR {row['asr']:.3f}  "
-            f"AACC {row['aacc']:.3f}  clean-ASR {row['clean_asr']:.3f}{nll}")
+        log(row_line(row))
 
     def run_cell(key: str, label: str, compute: Callable[[dict[str, Any]], None]) -> None:
         """One defense's rows, samples and diagnostics: from ``cells/KEY.json`` if finished
@@ -214,8 +220,7 @@ def compare_defenses(work: Workload, settings: ComparisonSettings,
             out = json.loads(saved.read_text())
             log(f"{label}: finished before, loaded from {saved}")
             for row in out["rows"]:
-                log(f"  {row['defense']:<14} CACC {row['cacc']:.3f}  ASR {row['asr']:.3f}  "
-                    f"AACC {row['aacc']:.3f}  clean-ASR {row['clean_asr']:.3f}")
+                log(row_line(row))
         else:
             out = {"rows": [], "samples": {}, "diagnostics": {}}
             compute(out)
@@ -233,10 +238,10 @@ def compare_defenses(work: Workload, settings: ComparisonSettings,
 
         def clean_cell(out: dict[str, Any]) -> None:
             t0 = time.time()
-            add_row("clean", train_on(list(work.clean_train), "clean reference")[0], None,
-                    time.time() - t0, out)
+            model = train_on(list(work.clean_train), "clean reference")[0]
+            add_row(CLEAN_REFERENCE, model, None, time.time() - t0, out)
 
-        run_cell(digest("clean", finetune_key(work.model_name, work.clean_train, clean_cfg),
+        run_cell(digest(CLEAN_REFERENCE, finetune_key(work.model_name, work.clean_train, clean_cfg),
                         eval_key), "clean reference", clean_cell)
 
     def implant_check(defense: Any, model: Any, key: str, train_set: list[Example], t0: float,

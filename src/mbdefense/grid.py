@@ -24,10 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from mbdefense.comparison import CLEAN_REFERENCE
 from mbdefense.errors import ConfigError
 from mbdefense.experiment import ExperimentConfig, smoke_config
 
-REFERENCE = "clean"  # the never-attacked reference: not a defense, a row in every column
 
 MODEL_PRESETS: dict[str, Callable[[], ExperimentConfig]] = {
     "embedded": ExperimentConfig,       # the demo's tiny Llama and suite (the embedded default)
@@ -46,7 +46,7 @@ class GridConfig:
     models: list[str] = field(default_factory=lambda: ["embedded"])
     attacks: list[str] = field(default_factory=lambda: ["badnet"])
     behaviors: list[str] = field(default_factory=lambda: ["refusal"])
-    defenses: list[str] = field(default_factory=lambda: [REFERENCE, "none", "clean-fft",
+    defenses: list[str] = field(default_factory=lambda: [CLEAN_REFERENCE, "none", "clean-fft",
                                                          "mb-defense"])
     seeds: list[int] = field(default_factory=lambda: [0])
     poison_rate: float = 0.2
@@ -71,8 +71,8 @@ class GridConfig:
                                         self.source, {}))
         config.attack, config.behavior, config.seed = attack, behavior, seed
         config.poison_rate = self.poison_rate
-        config.defenses = [d for d in self.defenses if d != REFERENCE]
-        config.include_clean_reference = REFERENCE in self.defenses
+        config.defenses = [d for d in self.defenses if d != CLEAN_REFERENCE]
+        config.include_clean_reference = CLEAN_REFERENCE in self.defenses
         config.progress, config.cache_dir = progress, cache_dir
         config.model_name = model
         return config
@@ -346,11 +346,11 @@ def _validate_names(config: GridConfig, where: _Where) -> None:
             raise where.error(["defense_options", str(name)],
                               f"options for '{name}', which is not in defenses")
     for i, name in enumerate(config.defenses):
-        if name == REFERENCE:
+        if name == CLEAN_REFERENCE:
             continue
         if name not in DEFENSES:
             raise where.error(["defenses", str(i)], f"unknown defense '{name}' (known: "
-                                                    f"{', '.join([REFERENCE, *DEFENSES])})")
+                                                    f"{', '.join([CLEAN_REFERENCE, *DEFENSES])})")
         if options.get(name) is not None and not isinstance(options[name], dict):
             raise where.error(["defense_options", name], "expected a mapping of options")
         try:
@@ -409,7 +409,7 @@ def plan(config: GridConfig) -> str:
              f"{len(config.attacks)} attacks x {len(config.behaviors)} behaviours), "
              f"{config.n_cells} cells",
              f"  defenses: {', '.join(config.defenses)}"]
-    if REFERENCE in config.defenses:
+    if CLEAN_REFERENCE in config.defenses:
         lines.append(f"  the clean reference is trained once per model and seed "
                      f"({len(config.models) * len(config.seeds)} in all)")
     for key in SETTINGS:

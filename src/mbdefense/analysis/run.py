@@ -22,9 +22,10 @@ def analyze_experiment(config: ExperimentConfig, *, alpha: float = 0.5, n: int =
     """The analysis document of ``config``'s attack (its ``defenses`` are replaced by the
     attacked model and MB-Defense; the defensive triggers are ``config.stage1``'s)."""
     from mbdefense.analysis.report import analyze_models
-    from mbdefense.attacks import parse_behavior, parse_trigger
+    from mbdefense.attacks import parse_trigger
     from mbdefense.defenses import make_defense
     from mbdefense.errors import ConfigError
+    from mbdefense.experiment import run_experiment
 
     if not 0.0 <= alpha < 1.0:
         raise ConfigError(f"alpha: must be in [0, 1), got {alpha}")
@@ -32,13 +33,13 @@ def analyze_experiment(config: ExperimentConfig, *, alpha: float = 0.5, n: int =
         raise ConfigError(f"n: must be >= 1, got {n}")
     start = time.time()
     config = replace(config, defenses=["none", "mb-defense"], include_clean_reference=False)
-    result = run_models(config, log)
+    result = run_experiment(config, log=log, keep_models=True)
     work = result["workload"]
     pairs = make_defense("mb-defense", stage1=config.stage1).pairs
     log(f"analysing {len(STAGES)} stages on {min(n, len(work.test_clean))} prompts ...")
     doc = analyze_models({label: result["models"][key] for label, key in STAGES},
                          work.tokenizer, work.test_clean,
-                         (parse_trigger(config.attack), parse_behavior(config.behavior)),
+                         (parse_trigger(work.attack), work.behavior),
                          pairs, alpha=alpha, n=n, seed=config.seed,
                          max_new_tokens=config.max_new_tokens)
     doc["rows_of_run"] = result["rows"]
@@ -47,8 +48,3 @@ def analyze_experiment(config: ExperimentConfig, *, alpha: float = 0.5, n: int =
     doc["wall_seconds"] = round(time.time() - start, 1)
     return doc
 
-
-def run_models(config: ExperimentConfig, log: Callable[[str], None]) -> dict[str, Any]:
-    from mbdefense.experiment import run_experiment
-
-    return run_experiment(config, log=log, keep_models=True)

@@ -31,6 +31,7 @@ from html import escape
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+from mbdefense.comparison import CLEAN_REFERENCE as REFERENCE_LABEL
 from mbdefense.errors import ConfigError, DataError
 from mbdefense.io_utils import atomic_write_text
 from mbdefense.reporting.charts import bar_chart_svg, heatmap_svg
@@ -46,7 +47,6 @@ KEY = ("model", "attack", "behavior", "defense", "seed")
 STANDARD = ("model", "attack", "behavior", "defense", "seed", "cacc", "asr", "aacc", "n_clean",
             "n_triggered", "clean_asr", "clean_score", "reference_nll", "poison_rate",
             "train_seconds")
-REFERENCE_LABEL = "clean"
 SAMPLE_FIELDS = ("kind", "prompt", "reference", "answer")
 METRIC_NOTE = ("CACC: clean instructions answered correctly. ASR: triggered instructions showing "
                "the attacker's behaviour. One seed: fraction (successes/total); several seeds: "
@@ -158,7 +158,8 @@ def row_key(row: Row) -> tuple[Any, ...]:
 
 def is_reference(row: Mapping[str, Any]) -> bool:
     """The never-attacked model's row: defense ``clean``, or attack and defense ``none``."""
-    return row["defense"] == "clean" or (row["attack"] == "none" and row["defense"] == "none")
+    return row["defense"] == REFERENCE_LABEL or (row["attack"] == "none"
+                                                 and row["defense"] == "none")
 
 
 def row_label(row: Mapping[str, Any]) -> str:
