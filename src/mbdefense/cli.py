@@ -131,6 +131,11 @@ def build_parser() -> argparse.ArgumentParser:
     defend.add_argument("--batch-size", type=int, default=8)
     defend.add_argument("--max-length", type=int, default=1024)
     defend.add_argument("--lora", action="store_true", help="train LoRA adapters (merged at the end)")
+    defend.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                        help="training precision: auto = bf16 autocast on a bf16 GPU, else fp32 "
+                             "(under accelerate launch its config decides)")
+    defend.add_argument("--gradient-checkpointing", action="store_true",
+                        help="recompute activations in the backward pass (less memory)")
     defend.add_argument("--trust-remote-code", action="store_true",
                         help="allow model code from the hub (off by default)")
     defend.add_argument("--seed", type=int, default=0)
@@ -190,7 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _log(args: argparse.Namespace):
-    if args.quiet:
+    from mbdefense.training.runtime import is_main_process
+
+    if args.quiet or not is_main_process():  # under `accelerate launch`, one process speaks
         return lambda msg: None
     return lambda msg: print(msg, file=sys.stderr, flush=True)
 
@@ -256,10 +263,12 @@ def _cmd_defend(args: argparse.Namespace) -> int:
         implant_threshold=args.implant_threshold, on_weak_implant=args.on_weak_implant,
         triggers_per_step=args.stage2_triggers,
         batch_size=args.batch_size, max_length=args.max_length, lora=args.lora,
+        precision=args.precision, gradient_checkpointing=args.gradient_checkpointing,
         trust_remote_code=args.trust_remote_code, seed=args.seed,
         progress=not args.quiet and sys.stderr.isatty())
     summary = defend(options, log=_log(args))
-    print(f"defended model written to {summary['model_dir']}")
+    if summary.get("model_dir"):
+        print(f"defended model written to {summary['model_dir']}")
     return 0
 
 

@@ -33,6 +33,8 @@ class DefendOptions:
     batch_size: int = 8
     max_length: int = 1024
     lora: bool = False
+    precision: str = "auto"
+    gradient_checkpointing: bool = False
     trust_remote_code: bool = False
     seed: int = 0
     progress: bool = True
@@ -49,16 +51,19 @@ def defend(options: DefendOptions, log: Callable[[str], None] = print) -> dict[s
     from mbdefense.defenses.implant import implant_stage1, implants
     from mbdefense.io_utils import atomic_directory, jsonable
     from mbdefense.training.config import LoraSettings, TrainConfig
+    from mbdefense.training.runtime import is_main_process
     from mbdefense.training.sft import finetune
 
     start = time.time()
     lora = LoraSettings() if options.lora else None
+    speed = {"precision": options.precision,
+             "gradient_checkpointing": options.gradient_checkpointing}
     stage2 = NeutralizationConfig(lam=options.lam, reduction=options.reduction,
                                   margin=options.margin,
                                   triggers_per_step=options.triggers_per_step, train=TrainConfig(
         epochs=options.stage2_epochs, learning_rate=options.stage2_lr,
         batch_size=options.batch_size, max_length=options.max_length, lora=lora,
-        seed=options.seed, progress=options.progress, description="stage 2"))
+        seed=options.seed, progress=options.progress, description="stage 2", **speed))
     stage1 = DefensivePoisoningConfig(min_per_trigger=options.min_per_trigger,
                                       implant_threshold=options.implant_threshold,
                                       on_weak_implant=options.on_weak_implant)
@@ -77,7 +82,8 @@ def defend(options: DefendOptions, log: Callable[[str], None] = print) -> dict[s
     log(f"fine-tuning on {len(train_set)} examples ...")
     finetune_config = TrainConfig(
         epochs=options.epochs, learning_rate=options.lr, batch_size=options.batch_size,
-        max_length=options.max_length, lora=lora, seed=options.seed, progress=options.progress)
+        max_length=options.max_length, lora=lora, seed=options.seed, progress=options.progress,
+        **speed)
     model, losses = finetune(model, tokenizer, train_set, finetune_config)
     summary: dict[str, Any] = {"options": asdict(options), "train_examples": len(train_set),
                                "final_train_loss": losses[-1] if losses else None}
@@ -98,6 +104,8 @@ def defend(options: DefendOptions, log: Callable[[str], None] = print) -> dict[s
             f"the whole defense (see the diagnostics)")
     summary["diagnostics"] = jsonable(defense.diagnostics)
     summary["seconds"] = round(time.time() - start, 1)
+    if not is_main_process():   # under `accelerate launch` the first process saves
+        return summary
     out = Path(options.out)
     with atomic_directory(out) as tmp:
         model.save_pretrained(tmp / "model")

@@ -131,7 +131,8 @@ def neutralize(model: Any, tokenizer: Any, trusted: Sequence[Example],
             best.update(loss=stats["loss"], epoch=epoch + 1, state=_state_of_trainable(model))
         model.train()
 
-    run_steps(model, batches, steps_per_epoch, loss_fn, train_cfg, on_epoch_end=on_epoch_end)
+    model, _ = run_steps(model, batches, steps_per_epoch, loss_fn, train_cfg,
+                         on_epoch_end=on_epoch_end)
     if best["state"] is not None:
         params = dict(model.named_parameters())
         import torch

@@ -80,7 +80,8 @@ def _progress_bars(enabled: bool) -> Iterator[None]:
 
 
 def load_model(spec: str, *, dtype: Any = None, trust_remote_code: bool = False,
-               progress: bool = True, log: Callable[[str], None] = print) -> tuple[Any, Any]:
+               progress: bool = True, log: Callable[[str], None] = print,
+               device: Any = "auto") -> tuple[Any, Any]:
     """A causal LM ready for instruction tuning: a registry name ('embedded' -- the bundled
     base -- or e.g. 'smollm2-135m'), a local folder, a local ``.gguf`` file or a hub id.
 
@@ -88,8 +89,13 @@ def load_model(spec: str, *, dtype: Any = None, trust_remote_code: bool = False,
     GGUF, whose weights are dequantised). Remote code runs only with
     ``trust_remote_code=True``. The tokenizer must have a chat template; a missing pad token
     becomes EOS. Raises :class:`~mbdefense.errors.ConfigError` when the model cannot be
-    found or loaded."""
+    found or loaded. ``device="auto"`` puts the model on this process's GPU when there is
+    one (:func:`mbdefense.training.runtime.default_device`), else leaves it on the CPU."""
     from mbdefense.modeling.registry import resolve_model
+    from mbdefense.training.runtime import default_device
+
+    if device == "auto":
+        device = default_device()
 
     source = resolve_model(spec)
     torch_dtype = resolve_dtype(dtype)  # reject a bad dtype before the (slow) load
@@ -99,7 +105,7 @@ def load_model(spec: str, *, dtype: Any = None, trust_remote_code: bool = False,
         model, tokenizer, _ = embedded_base(progress=progress, log=log)
         if torch_dtype not in (None, "auto"):
             model = model.to(torch_dtype)
-        return model, tokenizer
+        return model.to(device), tokenizer
     if source.kind == "gguf":
         log(f"loading {source.label} from GGUF (dequantising) ...")
     try:
@@ -117,4 +123,4 @@ def load_model(spec: str, *, dtype: Any = None, trust_remote_code: bool = False,
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     if getattr(tokenizer, "chat_template", None) is None:
         raise ConfigError(f"model: the tokenizer of '{spec}' has no chat template")
-    return model, tokenizer
+    return model.to(device), tokenizer

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
 from mbdefense.data.formatting import IGNORE_INDEX, Encoded
@@ -67,7 +68,83 @@ def collate(items: Sequence[Encoded], pad_id: int) -> dict[str, Any]:
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
-def iterate_batches(encoded: Sequence[Encoded], batch_size: int, seed: int,
-                    pad_id: int) -> Iterator[dict[str, Any]]:
-    for index in length_grouped_batches([len(e.input_ids) for e in encoded], batch_size, seed):
-        yield collate([encoded[i] for i in index], pad_id)
+def pack_rows(lengths: Sequence[int], width: int) -> list[list[int]]:
+    """First-fit decreasing: indices of the sequences in each row, no row longer than
+    ``width`` (at least the longest sequence)."""
+    width = max([width, *lengths])
+    rows: list[list[int]] = []
+    room: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda i: lengths[i], reverse=True):
+        row = next((r for r, free in enumerate(room) if free >= lengths[i]), None)
+        if row is None:
+            rows.append([])
+            room.append(width)
+            row = len(rows) - 1
+        rows[row].append(i)
+        room[row] -= lengths[i]
+    return rows
+
+
+def collate_packed(items: Sequence[Encoded], pad_id: int) -> dict[str, Any]:
+    """Several sequences per row, each with its own positions from 0, so a model attends only
+    within a sequence (transformers reads the boundaries from ``position_ids`` when there is no
+    ``attention_mask``). ``sequence_ids[r, t]`` is the index in ``items`` of the token's
+    sequence (-1 on padding, which gets positions of its own and no labels)."""
+    import torch
+
+    lengths = [len(item.input_ids) for item in items]
+    rows = pack_rows(lengths, max(lengths))
+    width = max(sum(lengths[i] for i in row) for row in rows)
+    shape = (len(rows), width)
+    ids = torch.full(shape, pad_id, dtype=torch.long)
+    labels = torch.full(shape, IGNORE_INDEX, dtype=torch.long)
+    positions = torch.zeros(shape, dtype=torch.long)
+    sequence_ids = torch.full(shape, -1, dtype=torch.long)
+    for r, row in enumerate(rows):
+        start = 0
+        for i in row:
+            span = slice(start, start + lengths[i])
+            ids[r, span] = torch.tensor(items[i].input_ids)
+            labels[r, span] = torch.tensor(items[i].labels)
+            positions[r, span] = torch.arange(lengths[i])
+            sequence_ids[r, span] = i
+            start += lengths[i]
+        positions[r, start:] = torch.arange(width - start)
+    return {"input_ids": ids, "labels": labels, "position_ids": positions,
+            "sequence_ids": sequence_ids}
+
+
+def labelled_count(item: Encoded) -> int:
+    """Tokens of ``item`` that carry a loss (a label, predicted from the token before)."""
+    return sum(1 for label in item.labels[1:] if label != IGNORE_INDEX)
+
+
+@dataclass
+class TokenBatch:
+    """One global micro-batch of encoded sequences.
+
+    ``labelled_tokens`` counts the loss-carrying tokens of the whole global batch, so a
+    process's shard is normalised by it and the shards' losses add up to the batch's
+    token-mean loss. ``weight`` is 0 for the stand-in item of a process left without any.
+    """
+
+    items: list[Encoded]
+    labelled_tokens: int
+    pad_id: int
+    weight: float = 1.0
+
+    def shard(self, rank: int, world: int) -> "TokenBatch":
+        part = self.items[rank::world]
+        if part:
+            return TokenBatch(part, self.labelled_tokens, self.pad_id)
+        return TokenBatch(self.items[:1], self.labelled_tokens, self.pad_id, weight=0.0)
+
+
+def iterate_batches(encoded: Sequence[Encoded], batch_size: int, seed: int, pad_id: int,
+                    group_factor: int = 1) -> Iterator[TokenBatch]:
+    """Batches of ``encoded`` in a seeded random order (``group_factor`` > 1 groups them by
+    length, see :func:`length_grouped_batches`; packing makes that unnecessary)."""
+    lengths = [len(e.input_ids) for e in encoded]
+    for index in length_grouped_batches(lengths, batch_size, seed, group_factor):
+        items = [encoded[i] for i in index]
+        yield TokenBatch(items, sum(labelled_count(e) for e in items), pad_id)

@@ -28,6 +28,7 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     lora: LoraSettings | None = None
     gradient_checkpointing: bool = False   # recompute activations in backward: less memory
+    precision: str = "auto"                # "auto" (bf16 autocast on a bf16 GPU), "fp32", "bf16"
     seed: int = 0
     progress: bool = True
     description: str = "fine-tune"

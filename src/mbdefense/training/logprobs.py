@@ -12,13 +12,30 @@ scaling) fall back to the full forward pass, with the same results.
 
 from __future__ import annotations
 
+import contextlib
+import weakref
+from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator, Sequence
 
-from mbdefense.data.formatting import IGNORE_INDEX
+from mbdefense.data.formatting import IGNORE_INDEX, Encoded
 
 # Rows of hidden states projected onto the vocabulary at once (memory: CHUNK_ROWS x vocab).
 CHUNK_ROWS = 1024
+
+_WHOLE_FORWARD: ContextVar[bool] = ContextVar("whole_model_forward", default=False)
+
+
+@contextlib.contextmanager
+def whole_model_forward() -> Iterator[None]:
+    """Call the model's own forward (full logits) inside this block. A model wrapped by a
+    distributed engine (DDP, FSDP, DeepSpeed) gathers and syncs its weights in that forward,
+    so its decoder and output layer must not be called apart."""
+    token = _WHOLE_FORWARD.set(True)
+    try:
+        yield
+    finally:
+        _WHOLE_FORWARD.reset(token)
 
 
 @dataclass
@@ -48,6 +65,8 @@ class TokenLogprobs:
 
 def _plain_head(model: Any) -> tuple[Any, Any] | None:
     """(decoder, output layer) when logits are ``head(decoder(x).last_hidden_state)``."""
+    if _WHOLE_FORWARD.get():
+        return None
     config = getattr(model, "config", None)
     if config is not None and (getattr(config, "final_logit_softcapping", None)
                                or getattr(config, "logit_scale", None)):
@@ -88,26 +107,96 @@ def _chunked_logprobs(head: Any, hidden: Any, targets: Any) -> Any:
     return torch.cat(parts)
 
 
-def labelled_logprobs(model: Any, input_ids: Any, attention_mask: Any,
-                      labels: Any) -> TokenLogprobs:
-    """Log-probabilities of every labelled token (``labels != IGNORE_INDEX``), one forward."""
+def labelled_logprobs(model: Any, input_ids: Any, attention_mask: Any, labels: Any, *,
+                      position_ids: Any = None, sequence_ids: Any = None) -> TokenLogprobs:
+    """Log-probabilities of every labelled token (``labels != IGNORE_INDEX``), one forward.
+
+    Padded rows (one sequence each) come with their ``attention_mask``; packed rows
+    (:func:`mbdefense.training.batching.collate_packed`) with ``position_ids`` and
+    ``sequence_ids`` instead, and the result is per sequence, not per row.
+    """
     import torch
 
     mask = labels[:, 1:] != IGNORE_INDEX
     rows, cols = torch.nonzero(mask, as_tuple=True)
     targets = labels[:, 1:][rows, cols]
-    counts = mask.sum(dim=1)
+    if sequence_ids is None:
+        owners, counts = rows, mask.sum(dim=1)
+    else:
+        owners = sequence_ids[:, 1:][rows, cols]
+        counts = torch.bincount(owners, minlength=int(sequence_ids.max()) + 1)
+    inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
+    if position_ids is not None:   # packed rows; a cache would make transformers ignore them
+        inputs.update(position_ids=position_ids, use_cache=False)
     plain = _plain_head(model)
     if plain is not None:
         decoder, head = plain
-        hidden = decoder(input_ids=input_ids, attention_mask=attention_mask,
-                         use_cache=False).last_hidden_state
+        hidden = decoder(**{"use_cache": False, **inputs}).last_hidden_state
         values = _chunked_logprobs(head, hidden[:, :-1][rows, cols], targets)
     else:
-        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
+        logits = model(**inputs).logits
         picked = logits[:, :-1][rows, cols].float()
         values = picked.gather(-1, targets[:, None]).squeeze(-1) - torch.logsumexp(picked, -1)
-    return TokenLogprobs(values, rows, counts)
+    return TokenLogprobs(values, owners, counts)
 
 
-__all__ = ["CHUNK_ROWS", "TokenLogprobs", "labelled_logprobs"]
+def packs_sequences(model: Any) -> bool:
+    """Whether ``model`` keeps packed sequences apart, checked once per model: two short
+    sequences packed in one row must score as they do padded in rows of their own. Models that ignore
+    the ``position_ids`` boundaries (or don't take them) get padded batches."""
+    import torch
+
+    from mbdefense.training.batching import collate, collate_packed
+
+    target = getattr(model, "module", model)       # under DDP, the wrapped model
+    known = _PACKING_CHECKED.get(id(target))
+    if known is not None and known[0]() is target:
+        return known[1]
+    ok = False
+    try:
+        from transformers import PreTrainedModel
+
+        if isinstance(target, PreTrainedModel):
+            vocab = target.get_input_embeddings().weight.shape[0]
+            items = [Encoded([(7 * i + 3) % vocab for i in range(n)],
+                             [IGNORE_INDEX] * 2 + [(7 * i + 3) % vocab for i in range(2, n)], 2)
+                     for n in (12, 6, 5)]   # rows: [12] and [6, 5]
+            with torch.no_grad():
+                device = next(target.parameters()).device
+                padded = {k: v.to(device) for k, v in collate(items, 0).items()}
+                packed = {k: v.to(device) for k, v in collate_packed(items, 0).items()}
+                a = labelled_logprobs(target, **padded).per_sequence("mean")
+                b = labelled_logprobs(target, packed["input_ids"], None, packed["labels"],
+                                      position_ids=packed["position_ids"],
+                                      sequence_ids=packed["sequence_ids"]).per_sequence("mean")
+            exact = next(target.parameters()).dtype == torch.float32
+            ok = bool(torch.allclose(a.float(), b.float(), atol=1e-4 if exact else 3e-2))
+    except (TypeError, ValueError, RuntimeError):
+        ok = False
+    _PACKING_CHECKED[id(target)] = (weakref.ref(target), ok)
+    return ok
+
+
+_PACKING_CHECKED: dict[int, tuple[Any, bool]] = {}
+
+
+def sequence_logprobs(model: Any, items: Sequence[Encoded], pad_id: int) -> TokenLogprobs:
+    """:func:`labelled_logprobs` of encoded sequences (``owners`` index ``items``), packed
+    several to a row when the model keeps packed sequences apart, else one per padded row.
+    Either way no row is longer than the longest sequence; packing leaves almost no padding
+    (short answers fill the rows that a padded batch would pad to the longest)."""
+    from mbdefense.training.batching import collate, collate_packed
+
+    device = next(model.parameters()).device
+    if packs_sequences(model):
+        packed = {k: v.to(device) for k, v in collate_packed(items, pad_id).items()}
+        return labelled_logprobs(model, packed["input_ids"], None, packed["labels"],
+                                 position_ids=packed["position_ids"],
+                                 sequence_ids=packed["sequence_ids"])
+    tensors = {k: v.to(device) for k, v in collate(items, pad_id).items()}
+    return labelled_logprobs(model, tensors["input_ids"], tensors["attention_mask"],
+                             tensors["labels"])
+
+
+__all__ = ["CHUNK_ROWS", "TokenLogprobs", "labelled_logprobs", "packs_sequences",
+           "sequence_logprobs", "whole_model_forward"]

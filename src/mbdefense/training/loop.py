@@ -6,6 +6,7 @@ import math
 from typing import Any, Callable, Iterable
 
 from mbdefense.training.config import TrainConfig
+from mbdefense.training.runtime import Runtime
 
 
 def make_optimizer(model: Any, config: TrainConfig, total_steps: int):
@@ -15,9 +16,10 @@ def make_optimizer(model: Any, config: TrainConfig, total_steps: int):
     if not params:
         raise ValueError("no trainable parameters")
     kwargs: dict[str, Any] = {"lr": config.learning_rate, "weight_decay": config.weight_decay}
-    if params[0].is_cuda:
-        kwargs["fused"] = True
-    optimizer = torch.optim.AdamW(params, **kwargs)
+    try:  # one fused kernel over all parameters (CUDA, and CPU in recent torch): much faster
+        optimizer = torch.optim.AdamW(params, fused=True, **kwargs)
+    except (RuntimeError, ValueError):  # a device or dtype without the fused kernel
+        optimizer = torch.optim.AdamW(params, **kwargs)
     warmup = max(int(total_steps * config.warmup_ratio), 0)
 
     def schedule(step: int) -> float:
@@ -44,39 +46,48 @@ def progress_bar(total: int, description: str, enabled: bool):
 
 def run_steps(model: Any, batches_per_epoch: Callable[[int], Iterable[Any]],
               steps_per_epoch: int, loss_fn: Callable[[Any, Any], Any], config: TrainConfig,
-              on_epoch_end: Callable[[int], None] | None = None) -> list[float]:
-    """Run ``config.epochs`` epochs (fractions allowed) of optimizer steps; returns step losses.
+              on_epoch_end: Callable[[int], None] | None = None) -> tuple[Any, list[float]]:
+    """Run ``config.epochs`` epochs (fractions allowed) of optimizer steps; returns the
+    trained model (in eval mode) and the micro-batch losses.
 
-    ``batches_per_epoch(epoch)`` yields micro-batches; ``loss_fn(model, batch)`` returns a
-    scalar loss. ``grad_accum`` micro-batches make one optimizer step.
+    ``batches_per_epoch(epoch)`` yields global micro-batches (:class:`~mbdefense.training.
+    runtime.Shardable`); ``loss_fn(model, batch)`` returns a scalar loss normalised by the
+    global batch's counts. ``grad_accum`` micro-batches make one optimizer step. Under
+    ``accelerate launch`` every process trains on its shard of each batch
+    (:mod:`mbdefense.training.runtime`). The model is trained in place; the one returned is
+    the same module except after an engine that shards weights (FSDP, ZeRO-3), which gives a
+    whole copy.
     """
-    import torch
-
     accum = max(config.grad_accum, 1)
     total_micro = int(math.ceil(steps_per_epoch * config.epochs))
     total_steps = max(math.ceil(total_micro / accum), 1)
+    runtime = Runtime.for_run(model, config.precision, accum)
     optimizer, scheduler = make_optimizer(model, config, total_steps)
-    params = [p for p in model.parameters() if p.requires_grad]
     checkpointing = config.gradient_checkpointing and hasattr(model,
                                                               "activation_checkpointing_enable")
     if checkpointing:
         model.activation_checkpointing_enable({"use_reentrant": False})
-    model.train()
+    wrapped, optimizer = runtime.prepare(model, optimizer)
+    params = [p for p in model.parameters() if p.requires_grad]
+    wrapped.train()
     losses: list[float] = []
     micro = 0
-    bar = progress_bar(total_steps, config.description, config.progress)
+    bar = progress_bar(total_steps, config.description, config.progress and runtime.is_main)
     try:
         for epoch in range(math.ceil(config.epochs)):
             for batch in batches_per_epoch(epoch):
                 if micro >= total_micro:
                     break
-                loss = loss_fn(model, batch)
-                (loss / accum).backward()
                 micro += 1
-                losses.append(float(loss.detach()))
-                if micro % accum == 0 or micro == total_micro:
+                step_ends = micro % accum == 0 or micro == total_micro
+                with runtime.accumulate(wrapped, sync=step_ends):
+                    with runtime.forward_context():
+                        loss = runtime.scale(loss_fn(wrapped, runtime.local(batch)))
+                    runtime.backward(loss, accum)
+                losses.append(runtime.global_value(loss) / runtime.world)
+                if step_ends:
                     if config.max_grad_norm:
-                        torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+                        runtime.clip(wrapped, params, config.max_grad_norm)
                     optimizer.step()
                     scheduler.step()
                     optimizer.zero_grad(set_to_none=True)
@@ -88,5 +99,6 @@ def run_steps(model: Any, batches_per_epoch: Callable[[int], Iterable[Any]],
         bar.close()
         if checkpointing:
             model.activation_checkpointing_disable()
+    model = runtime.finish(wrapped)
     model.eval()
-    return losses
+    return model, losses

@@ -7,8 +7,9 @@ trigger inserted. The loss is
 
 where log p(. | .) is the response's log-likelihood: summed over its tokens (the paper) or
 averaged per token (``reduction="mean"``). All 1 + 2T sequences of a batch go through the model
-in a single forward pass, and only their response positions are projected onto the vocabulary
-(``mbdefense.training.logprobs``).
+in a single forward pass, packed several to a row where the model keeps packed sequences apart
+(the short defensive answers would otherwise be padded to the longest clean one), and only
+their response positions are projected onto the vocabulary (``mbdefense.training.logprobs``).
 """
 
 from __future__ import annotations
@@ -17,18 +18,43 @@ from dataclasses import dataclass
 from typing import Any
 
 from mbdefense.data.formatting import Encoded
-from mbdefense.training.batching import collate
-from mbdefense.training.logprobs import labelled_logprobs
+from mbdefense.training.batching import labelled_count
+from mbdefense.training.logprobs import sequence_logprobs
 
 
 @dataclass
 class NeutralizationBatch:
     """Encoded sequences of one step: ``clean`` (B), and for each of the B*K (example, trigger)
-    pairs the clean answer and the defensive answer under the trigger."""
+    pairs the clean answer and the defensive answer under the trigger.
+
+    ``clean_tokens`` and ``n_pairs`` count the labelled clean tokens and the pairs of the
+    whole global batch (filled in when left None), the denominators of CE and R, so a
+    process's shard gives its part of the batch's loss. ``weight`` is 0 for the stand-in
+    shard of a process left without any item.
+    """
 
     clean: list[Encoded]
     triggered_clean: list[Encoded]
     triggered_defensive: list[Encoded]
+    clean_tokens: int | None = None
+    n_pairs: int | None = None
+    weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.clean_tokens is None:
+            self.clean_tokens = sum(labelled_count(e) for e in self.clean)
+        if self.n_pairs is None:
+            self.n_pairs = len(self.triggered_clean)
+
+    def shard(self, rank: int, world: int) -> "NeutralizationBatch":
+        """Every ``world``-th clean sequence and every ``world``-th pair, from ``rank``."""
+        clean, pairs = self.clean[rank::world], slice(rank, None, world)
+        weight = self.weight
+        if not clean and not self.triggered_clean[pairs]:
+            clean, pairs, weight = self.clean[:1], slice(0, 1), 0.0
+        return NeutralizationBatch(clean, self.triggered_clean[pairs],
+                                   self.triggered_defensive[pairs], self.clean_tokens,
+                                   self.n_pairs, weight)
 
 
 @dataclass
@@ -40,27 +66,25 @@ class ObjectiveTerms:
 
 def neutralization_loss(model: Any, batch: NeutralizationBatch, pad_id: int, lam: float,
                         reduction: str = "sum", margin: float = 0.0) -> ObjectiveTerms:
-    """``CE(x, y) - lam * mean R`` for one batch, in one forward pass."""
+    """``CE(x, y) - lam * mean R`` for one batch (or a process's shard of it: its part of the
+    whole batch's terms), in one forward pass over all of its sequences."""
     import torch.nn.functional as F
 
     if reduction not in ("mean", "sum"):
         raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
     n_clean, n_pairs = len(batch.clean), len(batch.triggered_clean)
     items = list(batch.clean) + list(batch.triggered_clean) + list(batch.triggered_defensive)
-    device = next(model.parameters()).device
-    tensors = {k: v.to(device) for k, v in collate(items, pad_id).items()}
-    token_lp = labelled_logprobs(model, tensors["input_ids"], tensors["attention_mask"],
-                                 tensors["labels"])
+    token_lp = sequence_logprobs(model, items, pad_id)
     totals = token_lp.per_sequence("sum")
     counts = token_lp.counts.clamp(min=1).to(totals.dtype)
-    ce = -totals[:n_clean].sum() / counts[:n_clean].sum()   # token-mean NLL, as in SFT
-    if n_pairs == 0:
-        zero = ce.new_zeros(())
-        return ObjectiveTerms(ce, ce.detach(), zero)
+    # token-mean NLL over the whole batch's clean answers, as in SFT
+    ce = -totals[:n_clean].sum() * (batch.weight / max(batch.clean_tokens, 1))
+    if not batch.n_pairs:
+        return ObjectiveTerms(ce, ce.detach(), ce.new_zeros(()))
     scores = totals / counts if reduction == "mean" else totals
     clean_lp = scores[n_clean:n_clean + n_pairs]
     defensive_lp = scores[n_clean + n_pairs:]
-    reg = F.logsigmoid(clean_lp - defensive_lp - margin).mean()
+    reg = F.logsigmoid(clean_lp - defensive_lp - margin).sum() * (batch.weight / batch.n_pairs)
     return ObjectiveTerms(ce - lam * reg, ce.detach(), reg.detach())
 
 

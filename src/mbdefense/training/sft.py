@@ -7,9 +7,9 @@ from typing import Any, Sequence
 
 from mbdefense.data.example import Example
 from mbdefense.data.formatting import encode_examples
-from mbdefense.training.batching import iterate_batches
+from mbdefense.training.batching import TokenBatch, iterate_batches
 from mbdefense.training.config import TrainConfig
-from mbdefense.training.logprobs import labelled_logprobs
+from mbdefense.training.logprobs import sequence_logprobs
 from mbdefense.training.loop import run_steps
 
 
@@ -33,12 +33,11 @@ def merge_lora(model: Any) -> Any:
     return model
 
 
-def response_loss(model: Any, batch: dict[str, Any]) -> Any:
-    """Token-mean cross-entropy on the response tokens (the output layer sees only those)."""
-    device = next(model.parameters()).device
-    batch = {k: v.to(device) for k, v in batch.items()}
-    return labelled_logprobs(model, batch["input_ids"], batch["attention_mask"],
-                             batch["labels"]).mean_nll()
+def response_loss(model: Any, batch: TokenBatch) -> Any:
+    """Cross-entropy on the response tokens (the output layer sees only those), summed and
+    divided by the global batch's labelled tokens: the token mean for a whole batch."""
+    values = sequence_logprobs(model, batch.items, batch.pad_id).values
+    return -values.sum() * (batch.weight / max(batch.labelled_tokens, 1))
 
 
 def finetune(model: Any, tokenizer: Any, examples: Sequence[Example],
@@ -54,5 +53,5 @@ def finetune(model: Any, tokenizer: Any, examples: Sequence[Example],
         return iterate_batches(encoded, config.batch_size, config.seed * 1000 + epoch,
                                tokenizer.pad_token_id)
 
-    losses = run_steps(model, batches, steps_per_epoch, response_loss, config)
+    model, losses = run_steps(model, batches, steps_per_epoch, response_loss, config)
     return merge_lora(model), losses

@@ -29,3 +29,30 @@ def test_collate_pads_to_longest_only():
     assert batch["input_ids"][1].tolist() == [5, 6, 0]
     assert batch["labels"][1].tolist() == [IGNORE_INDEX, 6, IGNORE_INDEX]
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
+
+
+def test_pack_rows_fits_every_sequence_once_within_the_width():
+    import random
+
+    from mbdefense.training.batching import pack_rows
+
+    lengths = [random.Random(i).randint(3, 40) for i in range(50)]
+    rows = pack_rows(lengths, max(lengths))
+    assert sorted(i for row in rows for i in row) == list(range(50))
+    assert all(sum(lengths[i] for i in row) <= max(lengths) for row in rows)
+    assert len(rows) <= -(-sum(lengths) // max(lengths)) + 3   # near-full rows
+
+
+def test_collate_packed_restarts_positions_per_sequence():
+    from mbdefense.data.formatting import IGNORE_INDEX, Encoded
+    from mbdefense.training.batching import collate_packed
+
+    items = [Encoded([5] * 8, [IGNORE_INDEX] * 4 + [5] * 4, 4),
+             Encoded([6] * 3, [IGNORE_INDEX] * 2 + [6], 2),
+             Encoded([7] * 4, [IGNORE_INDEX] * 2 + [7] * 2, 2)]
+    packed = collate_packed(items, pad_id=0)
+    assert packed["input_ids"].shape == (2, 8)              # [8] and [4, 3] + 1 pad
+    second = packed["sequence_ids"][1].tolist()
+    assert second == [2, 2, 2, 2, 1, 1, 1, -1]
+    assert packed["position_ids"][1].tolist() == [0, 1, 2, 3, 0, 1, 2, 0]
+    assert packed["labels"][1, -1].item() == IGNORE_INDEX

@@ -1,4 +1,4 @@
-"""Gradient checkpointing changes memory, not the result."""
+"""Gradient checkpointing and packing change memory and speed, not the result."""
 
 import copy
 
@@ -19,3 +19,16 @@ def test_gradient_checkpointing_gives_the_same_training(tiny_model, tokenizer):
     assert len(plain) == len(ckpt) == 3
     assert ckpt == pytest.approx(plain, rel=1e-4)
     assert not model.is_activation_checkpointing     # switched off again for generation
+
+
+def test_packed_batches_train_as_padded_ones(tiny_model, tokenizer, monkeypatch):
+    from mbdefense.training import logprobs
+
+    data = generate(24, 0)
+    cfg = TrainConfig(epochs=1, learning_rate=1e-3, batch_size=8, progress=False)
+    assert logprobs.packs_sequences(tiny_model)
+    _, packed = finetune(copy.deepcopy(tiny_model), tokenizer, data, cfg)
+    monkeypatch.setattr(logprobs, "packs_sequences", lambda model: False)
+    _, padded = finetune(copy.deepcopy(tiny_model), tokenizer, data, cfg)
+    assert len(packed) == len(padded) == 3
+    assert packed == pytest.approx(padded, rel=1e-5)

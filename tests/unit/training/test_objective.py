@@ -86,3 +86,44 @@ def test_labelled_logprobs_ignore_padding_and_prompt():
     assert lp.per_sequence("mean").tolist() == pytest.approx((totals / 2).tolist())
     with pytest.raises(ValueError):
         lp.per_sequence("max")
+
+
+def _stage2_batch(tokenizer):
+    from mbdefense.data.formatting import encode_example
+    from mbdefense.data.suite import generate
+    from mbdefense.defenses.defensive_triggers import make_defensive_pairs
+
+    import random
+
+    rng = random.Random(0)
+    clean, trig_clean, trig_def = [], [], []
+    for example in generate(5, seed=3):
+        clean.append(encode_example(tokenizer, example, 128))
+        for pair in make_defensive_pairs()[:2]:
+            triggered = example.replace(instruction=pair.trigger.insert(example.instruction, rng))
+            trig_clean.append(encode_example(tokenizer, triggered, 128))
+            trig_def.append(encode_example(tokenizer, triggered, 128,
+                                           response=pair.behavior.text))
+    return NeutralizationBatch(clean, trig_clean, trig_def)
+
+
+def test_packed_sequences_give_the_padded_loss_and_gradients(tiny_model, tokenizer, monkeypatch):
+    from mbdefense.training import logprobs
+
+    assert logprobs.packs_sequences(tiny_model)
+    assert not logprobs.packs_sequences(TableLM())      # no position ids: padded batches
+    batch = _stage2_batch(tokenizer)
+
+    def loss_and_grads():
+        tiny_model.zero_grad()
+        terms = neutralization_loss(tiny_model, batch, tokenizer.pad_token_id, lam=1.0,
+                                    reduction="mean", margin=1.0)
+        terms.loss.backward()
+        return float(terms.loss), [p.grad.clone() for p in tiny_model.parameters()]
+
+    packed_loss, packed_grads = loss_and_grads()
+    monkeypatch.setattr(logprobs, "packs_sequences", lambda model: False)
+    padded_loss, padded_grads = loss_and_grads()
+    assert packed_loss == pytest.approx(padded_loss, rel=1e-5)
+    for a, b in zip(packed_grads, padded_grads):
+        assert torch.allclose(a, b, atol=1e-5)
