@@ -119,7 +119,7 @@ def test_packed_sequences_give_the_padded_loss_and_gradients(tiny_model, tokeniz
         terms = neutralization_loss(tiny_model, batch, tokenizer.pad_token_id, lam=1.0,
                                     reduction="mean", margin=1.0)
         terms.loss.backward()
-        return float(terms.loss), [p.grad.clone() for p in tiny_model.parameters()]
+        return float(terms.loss.detach()), [p.grad.clone() for p in tiny_model.parameters()]
 
     packed_loss, packed_grads = loss_and_grads()
     monkeypatch.setattr(logprobs, "packs_sequences", lambda model: False)
