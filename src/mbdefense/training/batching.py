@@ -68,6 +68,11 @@ def collate(items: Sequence[Encoded], pad_id: int) -> dict[str, Any]:
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
+# Packed rows hold up to this many tokens: longer rows waste attention compute on masked pairs
+# (quadratic in the row), shorter ones leave more padding.
+PACK_TOKENS = 512
+
+
 def pack_rows(lengths: Sequence[int], width: int) -> list[list[int]]:
     """First-fit decreasing: indices of the sequences in each row, no row longer than
     ``width`` (at least the longest sequence)."""
@@ -86,14 +91,14 @@ def pack_rows(lengths: Sequence[int], width: int) -> list[list[int]]:
 
 
 def collate_packed(items: Sequence[Encoded], pad_id: int) -> dict[str, Any]:
-    """Several sequences per row, each with its own positions from 0, so a model attends only
-    within a sequence (transformers reads the boundaries from ``position_ids`` when there is no
+    """Sequences packed into rows of up to :data:`PACK_TOKENS` tokens (or the longest
+    sequence), each with its own positions from 0, so a model attends only within a sequence (transformers reads the boundaries from ``position_ids`` when there is no
     ``attention_mask``). ``sequence_ids[r, t]`` is the index in ``items`` of the token's
     sequence (-1 on padding, which gets positions of its own and no labels)."""
     import torch
 
     lengths = [len(item.input_ids) for item in items]
-    rows = pack_rows(lengths, max(lengths))
+    rows = pack_rows(lengths, min(sum(lengths), PACK_TOKENS))
     width = max(sum(lengths[i] for i in row) for row in rows)
     shape = (len(rows), width)
     ids = torch.full(shape, pad_id, dtype=torch.long)

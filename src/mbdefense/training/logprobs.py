@@ -22,6 +22,9 @@ from mbdefense.data.formatting import IGNORE_INDEX, Encoded
 
 # Rows of hidden states projected onto the vocabulary at once (memory: CHUNK_ROWS x vocab).
 CHUNK_ROWS = 1024
+# Logits of a chunk are recomputed in the backward pass (not kept) above this many elements;
+# below it, keeping them costs little memory and saves the second projection.
+RECOMPUTE_ABOVE = 1 << 22
 
 _WHOLE_FORWARD: ContextVar[bool] = ContextVar("whole_model_forward", default=False)
 
@@ -98,7 +101,8 @@ def _chunked_logprobs(head: Any, hidden: Any, targets: Any) -> Any:
     parts = []
     for start in range(0, hidden.shape[0], CHUNK_ROWS):
         h, t = hidden[start:start + CHUNK_ROWS], targets[start:start + CHUNK_ROWS]
-        if torch.is_grad_enabled() and h.requires_grad:
+        if torch.is_grad_enabled() and h.requires_grad \
+                and h.shape[0] * head.weight.shape[0] > RECOMPUTE_ABOVE:
             parts.append(checkpoint(_picked_logprobs, head, h, t, use_reentrant=False))
         else:
             parts.append(_picked_logprobs(head, h, t))

@@ -43,16 +43,19 @@ def test_pack_rows_fits_every_sequence_once_within_the_width():
     assert len(rows) <= -(-sum(lengths) // max(lengths)) + 3   # near-full rows
 
 
-def test_collate_packed_restarts_positions_per_sequence():
+def test_collate_packed_restarts_positions_per_sequence(monkeypatch):
     from mbdefense.data.formatting import IGNORE_INDEX, Encoded
-    from mbdefense.training.batching import collate_packed
+    from mbdefense.training import batching
 
     items = [Encoded([5] * 8, [IGNORE_INDEX] * 4 + [5] * 4, 4),
              Encoded([6] * 3, [IGNORE_INDEX] * 2 + [6], 2),
              Encoded([7] * 4, [IGNORE_INDEX] * 2 + [7] * 2, 2)]
-    packed = collate_packed(items, pad_id=0)
-    assert packed["input_ids"].shape == (2, 8)              # [8] and [4, 3] + 1 pad
-    second = packed["sequence_ids"][1].tolist()
-    assert second == [2, 2, 2, 2, 1, 1, 1, -1]
+    packed = batching.collate_packed(items, pad_id=0)
+    assert packed["input_ids"].shape == (1, 15)             # all fit in one row
+    assert packed["sequence_ids"][0].tolist() == [0] * 8 + [2] * 4 + [1] * 3
+    monkeypatch.setattr(batching, "PACK_TOKENS", 8)         # rows of 8: [8] and [4, 3] + pad
+    packed = batching.collate_packed(items, pad_id=0)
+    assert packed["input_ids"].shape == (2, 8)
+    assert packed["sequence_ids"][1].tolist() == [2, 2, 2, 2, 1, 1, 1, -1]
     assert packed["position_ids"][1].tolist() == [0, 1, 2, 3, 0, 1, 2, 0]
     assert packed["labels"][1, -1].item() == IGNORE_INDEX
