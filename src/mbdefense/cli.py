@@ -70,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--margin", type=float, default=None,
                       help="stage-2 margin in R, in nats per token (default: 5 for the default "
                            "size, 0 for smoke)")
+    demo.add_argument("--generator", choices=["plain", "vllm"], default="plain",
+                      help="evaluation backend: plain (transformers) or vllm (needs vllm and "
+                           "CUDA GPUs; tensor parallel over all of them)")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
 
     poison = sub.add_parser("poison", help="poison an instruction data file")
@@ -154,6 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "runs at one folder to share their stages")
     run.add_argument("--dry-run", action="store_true",
                      help="validate the config and print the plan; train nothing")
+    run.add_argument("--generator", choices=["plain", "vllm"], default=None,
+                     help="evaluation backend (same as the override generator=...)")
     run.add_argument("--quiet", action="store_true", help="no progress output")
 
     analyze = sub.add_parser(
@@ -210,7 +215,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     settings = dict(attack=args.attack, behavior=args.behavior, poison_rate=args.rate,
                     seed=args.seed,
                     defenses=[d.strip() for d in args.defenses.split(",") if d.strip()],
-                    progress=not args.quiet and sys.stderr.isatty())
+                    generator=args.generator, progress=not args.quiet and sys.stderr.isatty())
     config = smoke_config(**settings) if args.size == "smoke" else ExperimentConfig(**settings)
     if args.margin is not None:
         config.stage2 = dataclasses.replace(config.stage2, margin=args.margin)
@@ -275,7 +280,10 @@ def _cmd_defend(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     from mbdefense.grid import load_grid_config, plan, run_grid
 
-    config = load_grid_config(args.config, args.overrides)
+    overrides = list(args.overrides)
+    if args.generator:
+        overrides.append(f"generator={args.generator}")
+    config = load_grid_config(args.config, overrides)
     print(plan(config))
     if args.dry_run:
         return 0

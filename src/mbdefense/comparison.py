@@ -66,6 +66,7 @@ class ComparisonSettings:
     max_new_tokens: int = 24
     implant_prompts: int = 64
     generation_batch_size: int = 64
+    generator: str = "plain"             # the evaluation's generation backend (GENERATORS)
     progress: bool = True
     n_samples: int = 4
     reference_nll: bool = False          # add the clean reference NLL to every row
@@ -117,12 +118,15 @@ def row_line(row: dict[str, Any]) -> str:
 
 
 def evaluation_key(work: Workload, settings: ComparisonSettings) -> str:
-    """What an evaluation depends on besides the model: test sets, behaviour, scorer, decoding."""
+    """What an evaluation depends on besides the model: test sets, behaviour, scorer, decoding
+    (a backend other than the plain one is part of the key: its kernels may round
+    differently)."""
+    backend = () if settings.generator == "plain" else (settings.generator,)
     return digest(CELL_KEY_VERSION, fingerprint(work.test_clean),
                   fingerprint(work.test_triggered), work.behavior.spec,
                   getattr(settings.scorer, "name", type(settings.scorer).__name__),
                   settings.max_new_tokens, settings.reference_nll, settings.n_samples,
-                  work.poison_rate)
+                  work.poison_rate, *backend)
 
 
 def compare_defenses(work: Workload, settings: ComparisonSettings,
@@ -184,7 +188,7 @@ def compare_defenses(work: Workload, settings: ComparisonSettings,
 
         clean_in, trig_in = inputs(work.test_clean), inputs(work.test_triggered)
         kwargs = {"max_new_tokens": settings.max_new_tokens,
-                  "batch_size": settings.generation_batch_size}
+                  "batch_size": settings.generation_batch_size, "backend": settings.generator}
         clean_answers = answer_examples(model, work.tokenizer, clean_in, **kwargs)
         trig_answers = answer_examples(model, work.tokenizer, trig_in, **kwargs)
         metrics = compute_metrics(work.test_clean, clean_answers, work.test_triggered,

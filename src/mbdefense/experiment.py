@@ -17,6 +17,7 @@ from mbdefense.comparison import ComparisonSettings, Workload, compare_defenses
 from mbdefense.data.suite import build_splits
 from mbdefense.defenses import DefensivePoisoningConfig, NeutralizationConfig, make_defense
 from mbdefense.errors import ConfigError
+from mbdefense.evaluation.generation import check_backend
 from mbdefense.evaluation.scorers import get_scorer
 from mbdefense.io_utils import jsonable
 from mbdefense.modeling.base import BaseRecipe, embedded_base
@@ -55,6 +56,7 @@ class ExperimentConfig:
         margin=5.0, triggers_per_step="all",
         train=TrainConfig(epochs=5, learning_rate=1e-4, batch_size=8, description="stage 2")))
     max_new_tokens: int = 24
+    generator: str = "plain"         # evaluation backend: "plain" (transformers) or "vllm"
     scorer: str = "exact"
     implant_prompts: int = 64
     progress: bool = True
@@ -116,6 +118,7 @@ def run_experiment(config: ExperimentConfig, log: Callable[[str], None] = print,
                           "which the embedded suite does not have; poison your own data with "
                           "`mbdefense poison --behavior jailbreak --source FILE`")
     check_rate(config.poison_rate, "poison_rate")
+    check_backend(config.generator)
     for name in config.defenses:
         make_defense(name, options=config.defense_options.get(name))
     scorer = get_scorer(config.scorer)
@@ -134,6 +137,7 @@ def run_experiment(config: ExperimentConfig, log: Callable[[str], None] = print,
         stage2=config.stage2, scorer=scorer, seed=config.seed,
         include_clean_reference=config.include_clean_reference,
         max_new_tokens=config.max_new_tokens, implant_prompts=config.implant_prompts,
+        generator=config.generator,
         progress=config.progress, cache_dir=config.cache_dir,
         defense_options=config.defense_options, on_cell=on_cell, keep_models=keep_models)
     outcome = compare_defenses(work, settings, log=log)

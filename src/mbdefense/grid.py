@@ -36,7 +36,7 @@ MODEL_PRESETS: dict[str, Callable[[], ExperimentConfig]] = {
 
 # Settings a grid may override, per model preset (fields of ExperimentConfig).
 SETTINGS = ("world", "base", "finetune", "stage1", "stage2", "max_new_tokens", "scorer",
-            "implant_prompts", "defense_options")
+            "implant_prompts", "defense_options", "generator")
 
 
 @dataclass
@@ -362,6 +362,13 @@ def _validate_names(config: GridConfig, where: _Where) -> None:
             get_scorer(config.settings["scorer"])
         except (ConfigError, TypeError) as exc:
             raise where.error(["scorer"], str(exc)) from None
+    if "generator" in config.settings:
+        from mbdefense.evaluation.generation import check_backend
+
+        try:
+            check_backend(config.settings["generator"])
+        except ConfigError as exc:
+            raise where.error(["generator"], str(exc)) from None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -118,6 +118,15 @@ def test_demo_rejects_bad_input_before_any_work(tmp_path, monkeypatch, capsys, f
     assert not (tmp_path / "cache").exists()   # no base model was built
 
 
+@pytest.mark.skipif(__import__("importlib.util").util.find_spec("vllm") is not None,
+                    reason="vllm is installed")
+def test_demo_with_vllm_absent_says_so_before_any_work(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MBDEFENSE_CACHE", str(tmp_path / "cache"))
+    code, _, err = run(["demo", "--out", str(tmp_path / "d"), "--generator", "vllm"], capsys)
+    assert_one_line_error(code, err, "pip install vllm")
+    assert not (tmp_path / "d").exists() and not (tmp_path / "cache").exists()
+
+
 def test_missing_file(tmp_path, capsys):
     code, _, err = run(poison_args(tmp_path / "absent.jsonl", tmp_path / "o.jsonl"), capsys)
     assert_one_line_error(code, err, "absent.jsonl")

@@ -61,6 +61,7 @@ def test_overrides_reach_every_cell(tmp_path):
     ("stage1:\n  on_weak_implant: never\n", "grid.yaml:1: stage1"),
     ("behaviors: [jailbreak]\n", "jailbreak needs harmful requests"),
     ("scorer: bleu\n", "scorer: unknown 'bleu'"),
+    ("generator: beam\n", "grid.yaml:1: generator: "),
     ("attacks: [badnet\n", "grid.yaml:2: not valid YAML"),
     ("- a\n- b\n", "expected a mapping of settings"),
 ])
@@ -68,6 +69,17 @@ def test_bad_configs_fail_before_any_work_naming_the_place(tmp_path, text, messa
     with pytest.raises(ConfigError) as info:
         load_grid_config(write(tmp_path, text))
     assert message in str(info.value)
+
+
+def test_the_generator_reaches_every_cell_and_vllm_needs_vllm(tmp_path):
+    import importlib.util
+
+    path = write(tmp_path, "attacks: [badnet]\n")
+    assert load_grid_config(path).experiment("embedded", 0, "badnet", "refusal").generator \
+        == "plain"
+    if importlib.util.find_spec("vllm") is None:
+        with pytest.raises(ConfigError, match="command line override: generator: .*vllm"):
+            load_grid_config(path, ["generator=vllm"])
 
 
 def test_bad_overrides_name_the_command_line(tmp_path):
