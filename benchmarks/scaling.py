@@ -39,6 +39,7 @@ def defended_run(n_train: int) -> dict[str, float]:
     from mbdefense.training.sft import finetune
 
     config = ExperimentConfig(progress=False)
+    config.stage2.train = replace(config.stage2.train_config(), progress=False)
     base, tokenizer, _ = embedded_base(config.base, progress=False, log=lambda m: None)
     splits = build_splits(n_train, config.world.n_trusted, config.world.n_test, config.seed)
     trigger = parse_trigger("badnet")
@@ -76,7 +77,7 @@ def main(argv=None) -> int:
         n = args.base_size * factor
         results[factor] = defended_run(n)
         r = results[factor]
-        print(f"{factor}x ({n} examples, {r['train_examples']} with the defender's): "
+        print(f"{factor}x ({n} examples, {r['train_examples']} after defensive poisoning): "
               f"stage 1 {r['stage1']:.1f}s  stage 2 {r['stage2']:.1f}s  "
               f"evaluation {r['evaluation']:.1f}s  total {r['total']:.1f}s", flush=True)
     one = results[factors[0]]

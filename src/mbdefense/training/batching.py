@@ -70,7 +70,7 @@ def collate(items: Sequence[Encoded], pad_id: int) -> dict[str, Any]:
 
 # Packed rows hold up to this many tokens: longer rows waste attention compute on masked pairs
 # (quadratic in the row), shorter ones leave more padding.
-PACK_TOKENS = 512
+PACK_TOKENS = 256
 
 
 def pack_rows(lengths: Sequence[int], width: int) -> list[list[int]]:
