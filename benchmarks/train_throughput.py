@@ -233,22 +233,6 @@ def warmup_steps(steps: int) -> int:
     return max(int(steps * WARMUP_RATIO), 0)    # as mbdefense's make_optimizer
 
 
-def pad_batch(items, pad_id: int, width: int | None = None) -> dict:
-    """Right-padded tensors of encoded examples (to ``width``, else to the longest)."""
-    import torch
-
-    width = width or max(len(item.input_ids) for item in items)
-    ids = torch.full((len(items), width), pad_id, dtype=torch.long)
-    labels = torch.full_like(ids, -100)
-    mask = torch.zeros_like(ids)
-    for row, item in enumerate(items):
-        n = len(item.input_ids)
-        ids[row, :n] = torch.tensor(item.input_ids)
-        labels[row, :n] = torch.tensor(item.labels)
-        mask[row, :n] = 1
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
-
-
 def run_mbdefense(args, model, tokenizer, examples, encoded, probe):
     from dataclasses import fields
 
@@ -361,6 +345,8 @@ def run_fixed_length(args, model, tokenizer, examples, encoded, probe):
 
     import torch
 
+    from mbdefense.training.batching import collate
+
     pad_id = tokenizer.pad_token_id
     total = args.steps
     warm = warmup_steps(total)
@@ -382,7 +368,7 @@ def run_fixed_length(args, model, tokenizer, examples, encoded, probe):
             rng.shuffle(order)
             for start in range(0, len(order), args.batch_size):
                 items = [encoded[i] for i in order[start:start + args.batch_size]]
-                batch = pad_batch(items, pad_id, args.max_length)
+                batch = collate(items, pad_id, args.max_length)
                 yield batch["input_ids"], batch["attention_mask"], batch["labels"]
 
     losses = []
@@ -408,12 +394,14 @@ def held_loss(model, items, pad_id, args) -> float:
     timed): the one loss that is comparable across variants, whose batches differ."""
     import torch
 
+    from mbdefense.training.batching import collate
+
     model.eval()
     total, count = 0.0, 0
     with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=args.cuda):
         for start in range(0, len(items), 16):
             chunk = items[start:start + 16]
-            batch = {k: v.to(args.device) for k, v in pad_batch(chunk, pad_id).items()}
+            batch = {k: v.to(args.device) for k, v in collate(chunk, pad_id).items()}
             logits = model(input_ids=batch["input_ids"],
                            attention_mask=batch["attention_mask"]).logits[:, :-1].float()
             labels = batch["labels"][:, 1:]

@@ -52,11 +52,11 @@ def pad_sequences(sequences: Sequence[Sequence[int]], pad_id: int, *,
     return ids, mask
 
 
-def collate(items: Sequence[Encoded], pad_id: int) -> dict[str, Any]:
-    """Right-pad a list of encoded sequences to the longest one."""
+def collate(items: Sequence[Encoded], pad_id: int, width: int | None = None) -> dict[str, Any]:
+    """Right-pad a list of encoded sequences to ``width`` (default: the longest one)."""
     import torch
 
-    width = max(len(item.input_ids) for item in items)
+    width = width or max(len(item.input_ids) for item in items)
     ids = torch.full((len(items), width), pad_id, dtype=torch.long)
     labels = torch.full((len(items), width), IGNORE_INDEX, dtype=torch.long)
     mask = torch.zeros((len(items), width), dtype=torch.long)

@@ -153,9 +153,8 @@ def packs_sequences(model: Any) -> bool:
     from mbdefense.training.batching import collate, collate_packed
 
     target = getattr(model, "module", model)       # under DDP, the wrapped model
-    known = _PACKING_CHECKED.get(id(target))
-    if known is not None and known[0]() is target:
-        return known[1]
+    if target in _PACKING_CHECKED:
+        return _PACKING_CHECKED[target]
     ok = False
     try:
         from transformers import PreTrainedModel
@@ -177,11 +176,11 @@ def packs_sequences(model: Any) -> bool:
             ok = bool(torch.allclose(a.float(), b.float(), atol=1e-4 if exact else 3e-2))
     except (TypeError, ValueError, RuntimeError):
         ok = False
-    _PACKING_CHECKED[id(target)] = (weakref.ref(target), ok)
+    _PACKING_CHECKED[target] = ok
     return ok
 
 
-_PACKING_CHECKED: dict[int, tuple[Any, bool]] = {}
+_PACKING_CHECKED: "weakref.WeakKeyDictionary[Any, bool]" = weakref.WeakKeyDictionary()
 
 
 def sequence_logprobs(model: Any, items: Sequence[Encoded], pad_id: int) -> TokenLogprobs:

@@ -82,9 +82,9 @@ def run_steps(model: Any, batches_per_epoch: Callable[[int], Iterable[Any]],
                 step_ends = micro % accum == 0 or micro == total_micro
                 with runtime.accumulate(wrapped, sync=step_ends):
                     with runtime.forward_context():
-                        loss = runtime.scale(loss_fn(wrapped, runtime.local(batch)))
-                    runtime.backward(loss, accum)
-                losses.append(runtime.global_value(loss) / runtime.world)
+                        part = loss_fn(wrapped, runtime.local(batch))
+                    runtime.backward(runtime.scale(part), accum)
+                losses.append(runtime.global_value(part))
                 if step_ends:
                     if config.max_grad_norm:
                         runtime.clip(wrapped, params, config.max_grad_norm)

@@ -199,8 +199,7 @@ def _load_whole(sharded: Any, path: Path) -> Any:
     import torch
 
     state = torch.load(path, map_location="cpu", weights_only=True)
-    model = type(sharded)._from_config(sharded.config, torch_dtype=next(
-        iter(state.values())).dtype)
+    model = type(sharded)._from_config(sharded.config, dtype=next(iter(state.values())).dtype)
     model.load_state_dict(state, strict=False)
     model.tie_weights()
     return model.to(default_device())
