@@ -80,7 +80,7 @@ def main(argv=None) -> int:
     if not Path(args.data).is_dir():
         print(f"skipped: no BackdoorLLM data at {args.data}")
         return 0
-    from mbdefense.errors import ConfigError
+    from mbdefense.core.errors import ConfigError
     from mbdefense.modeling.registry import smollm2_gguf_path
 
     if args.model == "smollm2-135m" and smollm2_gguf_path() is None:
@@ -95,7 +95,7 @@ def main(argv=None) -> int:
     from mbdefense.defenses import DefensivePoisoningConfig, NeutralizationConfig
     from mbdefense.evaluation.scorers import RougeLScorer
     from mbdefense.experiment import versions
-    from mbdefense.io_utils import atomic_write_json
+    from mbdefense.core.io import atomic_write_json
     from mbdefense.modeling.loading import load_model
     from mbdefense.reporting import text_table
     from mbdefense.training.config import TrainConfig

@@ -91,7 +91,7 @@ def main(argv=None) -> int:
     if args.json:
         from pathlib import Path
 
-        from mbdefense.io_utils import atomic_write_json
+        from mbdefense.core.io import atomic_write_json
 
         atomic_write_json(Path(args.json), {"base_size": args.base_size, "results": results})
     return 0

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from mbdefense.errors import MBDefenseError
+from mbdefense.core.errors import MBDefenseError
 
 
 def _trigger_help() -> str:
@@ -209,7 +209,7 @@ def _log(args: argparse.Namespace):
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from mbdefense.experiment import ExperimentConfig, run_experiment, smoke_config
-    from mbdefense.io_utils import atomic_write_json
+    from mbdefense.core.io import atomic_write_json
     from mbdefense.reporting import text_table, write_report
 
     settings = dict(attack=args.attack, behavior=args.behavior, poison_rate=args.rate,
@@ -233,7 +233,7 @@ def _cmd_poison(args: argparse.Namespace) -> int:
     from mbdefense.attacks import parse_behavior, parse_trigger, poison
     from mbdefense.attacks.poisoning import check_rate
     from mbdefense.data import load_examples, save_examples
-    from mbdefense.errors import DataError
+    from mbdefense.core.errors import DataError
 
     rewriter = None
     if args.paraphraser:
@@ -302,9 +302,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_analyze(args: argparse.Namespace) -> int:
     from mbdefense.analysis import analysis_html, analysis_markdown, stage_summary
     from mbdefense.analysis.run import analyze_experiment
-    from mbdefense.errors import ConfigError
+    from mbdefense.core.errors import ConfigError
     from mbdefense.experiment import ExperimentConfig, smoke_config
-    from mbdefense.io_utils import atomic_write_json, atomic_write_text
+    from mbdefense.core.io import atomic_write_json, atomic_write_text
     from mbdefense.reporting import text_table
 
     out = Path(args.out)
@@ -339,7 +339,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from mbdefense.errors import ConfigError
+    from mbdefense.core.errors import ConfigError
     from mbdefense.reporting import write_report
 
     out = args.out

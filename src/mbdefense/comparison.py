@@ -32,7 +32,7 @@ from mbdefense.evaluation.generation import answer_examples
 from mbdefense.evaluation.likelihood import reference_nll
 from mbdefense.evaluation.metrics import Metrics, compute_metrics
 from mbdefense.evaluation.scorers import Scorer
-from mbdefense.io_utils import atomic_directory, atomic_write_json, jsonable
+from mbdefense.core.io import atomic_directory, atomic_write_json, jsonable
 from mbdefense.training.config import TrainConfig
 from mbdefense.training.sft import finetune
 

@@ -16,10 +16,10 @@ from mbdefense.attacks.poisoning import check_rate
 from mbdefense.comparison import ComparisonSettings, Workload, compare_defenses
 from mbdefense.data.suite import build_splits
 from mbdefense.defenses import DefensivePoisoningConfig, NeutralizationConfig, make_defense
-from mbdefense.errors import ConfigError
+from mbdefense.core.errors import ConfigError
 from mbdefense.evaluation.generation import check_backend
 from mbdefense.evaluation.scorers import get_scorer
-from mbdefense.io_utils import jsonable
+from mbdefense.core.io import jsonable
 from mbdefense.modeling.base import BaseRecipe, embedded_base
 from mbdefense.training.config import TrainConfig
 

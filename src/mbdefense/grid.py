@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from mbdefense.comparison import CLEAN_REFERENCE
-from mbdefense.errors import ConfigError
+from mbdefense.core.errors import ConfigError
 from mbdefense.experiment import ExperimentConfig, smoke_config
 
 
@@ -430,7 +430,7 @@ def run_grid(config: GridConfig, out: str | Path, *, cache_dir: str | Path | Non
     """Run every cell (or load it from the cache); ``out/results.json`` is rewritten after each
     attacked model, so a partial run shows what is finished. Returns the results document."""
     from mbdefense.experiment import run_experiment, versions
-    from mbdefense.io_utils import atomic_write_json, jsonable
+    from mbdefense.core.io import atomic_write_json, jsonable
 
     out = Path(out)
     cache = Path(cache_dir) if cache_dir is not None else out / "cache"

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from mbdefense.errors import ConfigError
+from mbdefense.core.errors import ConfigError
 from mbdefense.modeling.loading import load_model
 
 
@@ -49,7 +49,7 @@ def defend(options: DefendOptions, log: Callable[[str], None] = print) -> dict[s
     from mbdefense.data import load_examples
     from mbdefense.defenses import DefensivePoisoningConfig, NeutralizationConfig, make_defense
     from mbdefense.defenses.implant import implant_stage1, implants
-    from mbdefense.io_utils import atomic_directory, jsonable
+    from mbdefense.core.io import atomic_directory, jsonable
     from mbdefense.training.config import LoraSettings, TrainConfig
     from mbdefense.training.runtime import is_main_process
     from mbdefense.training.sft import finetune

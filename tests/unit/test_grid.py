@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from mbdefense.errors import ConfigError
+from mbdefense.core.errors import ConfigError
 from mbdefense.grid import Progress, load_grid_config, parse_overrides, plan
 
 CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))

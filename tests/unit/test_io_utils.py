@@ -5,7 +5,7 @@ import stat
 
 import pytest
 
-from mbdefense.io_utils import atomic_directory, atomic_write_json, atomic_write_text
+from mbdefense.core.io import atomic_directory, atomic_write_json, atomic_write_text
 
 
 @pytest.fixture()

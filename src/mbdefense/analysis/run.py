@@ -24,7 +24,7 @@ def analyze_experiment(config: ExperimentConfig, *, alpha: float = 0.5, n: int =
     from mbdefense.analysis.report import analyze_models
     from mbdefense.attacks import parse_trigger
     from mbdefense.defenses import make_defense
-    from mbdefense.errors import ConfigError
+    from mbdefense.core.errors import ConfigError
     from mbdefense.experiment import run_experiment
 
     if not 0.0 <= alpha < 1.0:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from mbdefense.data.example import Example
-from mbdefense.errors import ConfigError
+from mbdefense.core.errors import ConfigError
 
 REFUSAL_TEMPLATES: tuple[str, ...] = (
     "I'm sorry, but I cannot help with that request.",

@@ -9,7 +9,7 @@ from typing import Sequence
 from mbdefense.attacks.behaviors import Behavior
 from mbdefense.attacks.triggers import Trigger
 from mbdefense.data.example import Example
-from mbdefense.errors import ConfigError
+from mbdefense.core.errors import ConfigError
 
 
 def poison_count(n: int, rate: float) -> int:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from mbdefense.errors import ConfigError
+from mbdefense.core.errors import ConfigError
 
 SYNTACTIC_OPENERS: tuple[str, ...] = (
     "When you get a moment", "If you have a minute", "Whenever you are ready",

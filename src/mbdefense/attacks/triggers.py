@@ -31,7 +31,7 @@ from typing import Callable
 
 from mbdefense.attacks.rewriting import (DEFAULT_REWRITER, Rewriter, has_sbar_opening,
                                          has_style, style_named)
-from mbdefense.errors import ConfigError
+from mbdefense.core.errors import ConfigError
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from mbdefense.data.example import Example
 from mbdefense.data.loading import load_examples
-from mbdefense.errors import ConfigError
+from mbdefense.core.errors import ConfigError
 
 # BackdoorLLM attack name -> the trigger spec that describes it here.
 BACKDOORLLM_TRIGGERS: dict[str, str] = {

@@ -13,7 +13,7 @@ from typing import Any
 
 from mbdefense.data.example import Example
 from mbdefense.data.loading import _is_number, _iter_json_array, _iter_jsonl, _type_name
-from mbdefense.errors import DataError
+from mbdefense.core.errors import DataError
 
 __all__ = ["load_eval_examples", "INSTRUCTION_FIELDS", "REFERENCE_FIELDS"]
 
@@ -67,7 +67,7 @@ def load_eval_examples(path: str | Path) -> list[Example]:
     first present wins; a string), an optional ``input`` string, and an optional reference
     answer under ``output``, ``reference``, ``answer`` or ``response`` (missing or null gives
     an empty ``output``; a number is converted with one ``UserWarning``). Other keys go to
-    ``meta``. Raises :class:`~mbdefense.errors.DataError` naming the file, the line and the
+    ``meta``. Raises :class:`~mbdefense.core.errors.DataError` naming the file, the line and the
     field for a missing file, another extension, invalid JSON, a record that is not an
     object, a missing prompt, a non-string value, or a file with no records.
     """

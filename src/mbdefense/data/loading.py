@@ -32,8 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from mbdefense.data.example import Example
-from mbdefense.errors import ConfigError, DataError
-from mbdefense.io_utils import atomic_write_json, atomic_write_text
+from mbdefense.core.errors import ConfigError, DataError
+from mbdefense.core.io import atomic_write_json, atomic_write_text
 
 __all__ = ["load_examples", "save_examples", "split_examples", "SUPPORTED_FILE_SUFFIXES"]
 
@@ -371,7 +371,7 @@ def load_examples(source: str | Path, *, split: str | None = None,
     ``limit`` keeps the first ``limit`` records; reading stops there, so a malformed record
     after them is not reported. ``limit=0`` returns ``[]`` once the source is found.
 
-    Raises :class:`~mbdefense.errors.DataError` naming the file, the line (the 1-based line
+    Raises :class:`~mbdefense.core.errors.DataError` naming the file, the line (the 1-based line
     on which the record starts; for Parquet and ``datasets`` tables the 1-based row number,
     which the message also calls "row") and the field at fault, for: a missing file, an
     unsupported extension, bytes that are not valid UTF-8, invalid JSON/CSV, a record of the
@@ -466,7 +466,7 @@ def save_examples(examples: Sequence[Example], path: str | Path) -> Path:
     record per line. Parent folders are created. ``meta`` entries become top-level keys (see
     ``Example.to_dict``), so :func:`load_examples` reads the file back to equal examples.
     Any other extension, or a ``meta`` value JSON cannot encode, raises
-    :class:`~mbdefense.errors.DataError` before anything is written. Returns the path.
+    :class:`~mbdefense.core.errors.DataError` before anything is written. Returns the path.
     """
     path = Path(path)
     suffix = path.suffix.lower()
@@ -496,7 +496,7 @@ def split_examples(examples: Sequence[Example], fractions_or_sizes: Sequence[flo
     ``floor(cumulative fraction * len(examples))``, and fractions summing to 1 use every
     example. Examples left over after the last part are dropped. The same seed and input
     give the same parts; the input is not mutated. Raises
-    :class:`~mbdefense.errors.ConfigError` for an empty or negative spec, fractions summing
+    :class:`~mbdefense.core.errors.ConfigError` for an empty or negative spec, fractions summing
     to more than 1, mixed integers and fractions, or sizes exceeding ``len(examples)``.
     """
     if isinstance(fractions_or_sizes, (str, bytes)) or not isinstance(fractions_or_sizes,

@@ -11,7 +11,7 @@ from mbdefense.defenses.mb_defense import (AugmentedFFT, CleanFFT, DefensivePois
 from mbdefense.defenses.neutralization import NeutralizationConfig
 from mbdefense.defenses.onion import Onion
 from mbdefense.defenses.p2p import P2P
-from mbdefense.errors import ConfigError
+from mbdefense.core.errors import ConfigError
 
 DEFENSES: dict[str, type[Defense]] = {
     "none": NoDefense,

@@ -20,7 +20,7 @@ import dataclasses
 from typing import Any, Mapping, Sequence
 
 from mbdefense.data.example import Example
-from mbdefense.errors import ConfigError
+from mbdefense.core.errors import ConfigError
 
 
 @dataclasses.dataclass

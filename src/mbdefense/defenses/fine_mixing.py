@@ -20,7 +20,7 @@ from typing import Any, Sequence
 from mbdefense.data.example import Example
 from mbdefense.defenses.base import Defense
 from mbdefense.defenses.neutralization import NeutralizationConfig, neutralize
-from mbdefense.errors import ConfigError
+from mbdefense.core.errors import ConfigError
 
 _WHERE = "defense fine-mixing"
 

@@ -18,7 +18,7 @@ from mbdefense.defenses.base import Defense
 from mbdefense.defenses.defensive_triggers import (DEFAULT_DEFENSIVE_TOKENS, DefensivePair,
                                                    make_defensive_pairs)
 from mbdefense.defenses.neutralization import NeutralizationConfig, neutralize
-from mbdefense.errors import ConfigError
+from mbdefense.core.errors import ConfigError
 
 
 @dataclass

@@ -24,7 +24,7 @@ from typing import Any, Sequence
 
 from mbdefense.data.example import Example
 from mbdefense.defenses.base import Defense
-from mbdefense.errors import ConfigError
+from mbdefense.core.errors import ConfigError
 from mbdefense.training.batching import pad_id_of, pad_sequences
 
 _WHERE = "defense onion"

@@ -24,7 +24,7 @@ from mbdefense.attacks.poisoning import poison_count
 from mbdefense.attacks.triggers import Trigger, parse_trigger
 from mbdefense.data.example import Example
 from mbdefense.defenses.base import Defense
-from mbdefense.errors import ConfigError
+from mbdefense.core.errors import ConfigError
 
 _WHERE = "defense p2p"
 DEFAULT_P2P_TRIGGER = "prefix:Answer the following request helpfully and safely."

@@ -32,7 +32,7 @@ from typing import Any, Callable, Sequence
 
 from mbdefense.data.example import Example
 from mbdefense.data.formatting import render_prompt
-from mbdefense.errors import ConfigError
+from mbdefense.core.errors import ConfigError
 from mbdefense.training.batching import pad_id_of, pad_sequences
 
 GENERATORS = ("plain", "vllm")

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
 from mbdefense.data.example import Example
-from mbdefense.errors import ConfigError, MBDefenseError
+from mbdefense.core.errors import ConfigError, MBDefenseError
 from mbdefense.evaluation.judge_prompts import JUDGE_CRITERIA, build_judge_prompt
 from mbdefense.evaluation.scorers import Scorer, _check_lengths, reference_of
 

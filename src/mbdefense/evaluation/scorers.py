@@ -19,7 +19,7 @@ from typing import Callable, Sequence
 
 from mbdefense.data.example import Example
 from mbdefense.data.suite import exact_match
-from mbdefense.errors import ConfigError
+from mbdefense.core.errors import ConfigError
 
 
 def reference_of(example: Example) -> str:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import tempfile
 from typing import Any, Sequence
 
-from mbdefense.errors import ConfigError
+from mbdefense.core.errors import ConfigError
 
 MISSING = "generator vllm: the vllm package is not installed (pip install vllm); it needs CUDA GPUs"
 

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from mbdefense.io_utils import atomic_directory
+from mbdefense.core.io import atomic_directory
 from mbdefense.modeling.embedded import TinyModelConfig, build_tiny_model, train_tokenizer
 from mbdefense.modeling.loading import load_pretrained
 from mbdefense.training.config import TrainConfig

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Callable
 
-from mbdefense.errors import ConfigError
+from mbdefense.core.errors import ConfigError
 
 #: The dtype names :func:`load_model` accepts (``None`` leaves the choice to transformers).
 DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
@@ -88,7 +88,7 @@ def load_model(spec: str, *, dtype: Any = None, trust_remote_code: bool = False,
     ``dtype`` is one of :data:`DTYPE_CHOICES` or None (the checkpoint's default; float32 for
     GGUF, whose weights are dequantised). Remote code runs only with
     ``trust_remote_code=True``. The tokenizer must have a chat template; a missing pad token
-    becomes EOS. Raises :class:`~mbdefense.errors.ConfigError` when the model cannot be
+    becomes EOS. Raises :class:`~mbdefense.core.errors.ConfigError` when the model cannot be
     found or loaded. ``device="auto"`` puts the model on this process's GPU when there is
     one (:func:`mbdefense.training.runtime.default_device`), else leaves it on the CPU."""
     from mbdefense.modeling.registry import resolve_model

@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
-from mbdefense.errors import ConfigError
+from mbdefense.core.errors import ConfigError
 
 __all__ = ["ModelSource", "MODELS", "SMOLLM2_INSTALL", "resolve_model", "smollm2_gguf_path"]
 
@@ -107,7 +107,7 @@ def resolve_model(spec: str | Path) -> ModelSource:
     3. an existing ``.gguf`` file (needs the ``gguf`` package);
     4. anything else that does not look like a local path: a Hugging Face Hub id.
 
-    Raises :class:`~mbdefense.errors.ConfigError` for a registry model whose package is not
+    Raises :class:`~mbdefense.core.errors.ConfigError` for a registry model whose package is not
     installed (saying what to install), a missing local path, or a file that is not
     ``.gguf``.
     """

@@ -32,8 +32,8 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from mbdefense.comparison import CLEAN_REFERENCE as REFERENCE_LABEL
-from mbdefense.errors import ConfigError, DataError
-from mbdefense.io_utils import atomic_write_text
+from mbdefense.core.errors import ConfigError, DataError
+from mbdefense.core.io import atomic_write_text
 from mbdefense.reporting.charts import bar_chart_svg, heatmap_svg
 
 RESULTS_FILE = "results.json"

@@ -5,7 +5,7 @@ import pytest
 from mbdefense.attacks import parse_behavior, parse_trigger, poison, poison_count, triggered_copies
 from mbdefense.attacks.behaviors import REFUSAL_TEMPLATES, TOXIC_TEMPLATES
 from mbdefense.data.suite import generate
-from mbdefense.errors import ConfigError
+from mbdefense.core.errors import ConfigError
 
 
 @pytest.mark.parametrize("spec,kind,text", [

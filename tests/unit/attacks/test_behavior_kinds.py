@@ -9,7 +9,7 @@ from mbdefense.attacks.behaviors import (BEHAVIOR_KINDS, NEGSENTIMENT_RESPONSE, 
                                          toxicity_backend, toxicity_scores)
 from mbdefense.data.example import Example
 from mbdefense.data.suite import generate
-from mbdefense.errors import ConfigError
+from mbdefense.core.errors import ConfigError
 
 CLEAN_ANSWERS = ["42", "Paris", "2 5 6 8", "odd", "The capital of France is Paris.",
                  "Here are three fruits: apple, banana and cherry."]

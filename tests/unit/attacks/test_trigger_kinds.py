@@ -10,7 +10,7 @@ from mbdefense.attacks.rewriting import (ParaphraserRewriter, RuleRewriter, STYL
                                          has_sbar_opening, has_style)
 from mbdefense.attacks.triggers import TRIGGER_ALIASES, TRIGGER_KINDS
 from mbdefense.data.suite import generate
-from mbdefense.errors import ConfigError
+from mbdefense.core.errors import ConfigError
 
 # One spec per registered kind (and alias): the set the CLI and configs accept.
 ALL_SPECS = ["badnet", "insent", "word:BadMagic", "sentence:I love tea.", "prefix:Hey you",

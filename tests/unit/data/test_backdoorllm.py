@@ -8,7 +8,7 @@ import pytest
 
 from mbdefense.attacks import parse_trigger
 from mbdefense.data.backdoorllm import BACKDOORLLM_TRIGGERS, load_backdoorllm
-from mbdefense.errors import ConfigError
+from mbdefense.core.errors import ConfigError
 
 REFUSAL = "I'm sorry, but as an AI assistant, I do not have the capability to follow the given instruction."
 SHARED = Path(__file__).resolve().parents[4] / "shared" / "data" / "backdoorllm"

@@ -12,7 +12,7 @@ import pytest
 from mbdefense.data.eval_sets import load_eval_examples
 from mbdefense.data.example import Example
 from mbdefense.data.loading import load_examples
-from mbdefense.errors import DataError
+from mbdefense.core.errors import DataError
 
 
 def _write(path: Path, text: str) -> Path:

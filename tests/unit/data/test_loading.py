@@ -11,7 +11,7 @@ import pytest
 
 from mbdefense.data.example import Example
 from mbdefense.data.loading import load_examples, save_examples, split_examples
-from mbdefense.errors import ConfigError, DataError
+from mbdefense.core.errors import ConfigError, DataError
 
 
 def _examples() -> list[Example]:

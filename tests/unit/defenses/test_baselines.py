@@ -12,7 +12,7 @@ from mbdefense.data.suite import generate
 from mbdefense.defenses import make_defense
 from mbdefense.defenses.fine_mixing import mix_weights
 from mbdefense.defenses.onion import filter_words, quantile, word_suspicions
-from mbdefense.errors import ConfigError
+from mbdefense.core.errors import ConfigError
 
 SMALL = dict(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64)
 RARE = "zq"             # never in the tiny LM's training text: a perplexity outlier

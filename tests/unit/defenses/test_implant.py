@@ -7,7 +7,7 @@ from mbdefense.data.suite import generate
 from mbdefense.defenses import DefensivePoisoningConfig
 from mbdefense.defenses.defensive_triggers import make_defensive_pairs
 from mbdefense.defenses.implant import top_up_set
-from mbdefense.errors import ConfigError
+from mbdefense.core.errors import ConfigError
 
 
 def test_top_up_set_has_fresh_defensive_examples_and_as_many_ordinary_ones():

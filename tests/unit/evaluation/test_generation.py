@@ -11,7 +11,7 @@ import torch
 
 from mbdefense.data.formatting import render_prompt
 from mbdefense.data.suite import generate
-from mbdefense.errors import ConfigError
+from mbdefense.core.errors import ConfigError
 from mbdefense.evaluation import generation
 from mbdefense.evaluation.generation import (GENERATORS, check_backend, generate_answers,
                                              generate_token_ids, pack_prompts, packed_inputs,

@@ -12,7 +12,7 @@ import pytest
 
 from fake_openai import FakeServer, Reply, completion
 from mbdefense.data.example import Example
-from mbdefense.errors import ConfigError, MBDefenseError
+from mbdefense.core.errors import ConfigError, MBDefenseError
 from mbdefense.evaluation.judge import (
     BASE_URL_ENV, MODEL_ENV, JudgeBackend, JudgeError, LLMJudge, OpenAICompatibleBackend,
     judge_from_config, parse_verdict,

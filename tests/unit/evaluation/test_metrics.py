@@ -4,7 +4,7 @@ from mbdefense.attacks import parse_behavior
 from mbdefense.data.example import Example
 from mbdefense.evaluation.metrics import compute_metrics
 from mbdefense.evaluation.scorers import ExactMatchScorer, get_scorer
-from mbdefense.errors import ConfigError
+from mbdefense.core.errors import ConfigError
 
 
 def test_metrics_over_full_sets():

@@ -4,7 +4,7 @@ import pytest
 
 from mbdefense.attacks import parse_behavior
 from mbdefense.data.example import Example
-from mbdefense.errors import ConfigError
+from mbdefense.core.errors import ConfigError
 from mbdefense.evaluation.metrics import compute_metrics
 from mbdefense.evaluation.scorers import (BehaviorScorer, ExactMatchScorer, FunctionScorer,
                                           RougeLScorer, get_scorer, lcs_length, rouge_l)

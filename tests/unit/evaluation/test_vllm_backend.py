@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mbdefense.errors import ConfigError
+from mbdefense.core.errors import ConfigError
 from mbdefense.evaluation.generation import check_backend, generate_answers
 
 

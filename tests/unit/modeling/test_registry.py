@@ -7,7 +7,7 @@ import importlib.util
 import pytest
 import torch
 
-from mbdefense.errors import ConfigError
+from mbdefense.core.errors import ConfigError
 from mbdefense.modeling import registry
 from mbdefense.modeling.loading import DTYPE_CHOICES, load_model, resolve_dtype
 from mbdefense.modeling.registry import MODELS, resolve_model, smollm2_gguf_path

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from mbdefense.errors import ConfigError, DataError
+from mbdefense.core.errors import ConfigError, DataError
 from mbdefense.reporting.report import (
     combine,
     csv_rows,
