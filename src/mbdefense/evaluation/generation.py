@@ -1,6 +1,6 @@
 """Greedy generation for evaluation: many prompts, answers in input order, HF-greedy outputs.
 
-Two backends (:data:`GENERATORS`):
+Two backends, registered in :data:`GENERATORS` (checked by :func:`check_backend`):
 
 - ``plain`` (default): our own greedy loop over a transformers causal LM.
 
@@ -32,10 +32,33 @@ from typing import Any, Callable, Sequence
 
 from mbdefense.data.example import Example
 from mbdefense.data.formatting import render_prompt
-from mbdefense.core.errors import ConfigError
+from mbdefense.core.registry import Registry
 from mbdefense.training.batching import pad_id_of, pad_sequences
 
-GENERATORS = ("plain", "vllm")
+
+def _runs_anywhere() -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class GeneratorBackend:
+    """A generation backend; ``require`` raises
+    :class:`~mbdefense.core.errors.ConfigError` when it cannot run here."""
+
+    description: str
+    require: Callable[[], None] = _runs_anywhere
+
+
+def _require_vllm() -> None:
+    from mbdefense.evaluation.vllm_backend import require_vllm
+
+    require_vllm()
+
+
+#: Generation backends by name.
+GENERATORS: Registry[GeneratorBackend] = Registry("generator")
+GENERATORS.register("plain", GeneratorBackend("our greedy loop over a transformers causal LM"))
+GENERATORS.register("vllm", GeneratorBackend("vLLM engine (optional; CUDA GPUs)", _require_vllm))
 
 #: A packed prefill row holds up to this many times the longest prompt of its batch, and
 #: up to PACK_TOKENS tokens unless one prompt is longer (its 4D mask is width x width).
@@ -44,13 +67,9 @@ PACK_TOKENS = 2048
 
 
 def check_backend(name: str) -> None:
-    """Raise :class:`ConfigError` unless ``name`` is a generator that can run here."""
-    if name not in GENERATORS:
-        raise ConfigError(f"generator {name!r}: unknown (choose from {', '.join(GENERATORS)})")
-    if name == "vllm":
-        from mbdefense.evaluation.vllm_backend import require_vllm
-
-        require_vllm()
+    """Raise :class:`~mbdefense.core.errors.ConfigError` unless ``name`` is a generator that
+    can run here (unknown names get a did-you-mean hint)."""
+    GENERATORS.get(name).require()
 
 
 def generate_answers(model: Any, tokenizer: Any, prompts: Sequence[str], *,

@@ -9,17 +9,21 @@ judges (an LLM over HTTP) work concurrently and cache. Three families exist:
 - reference similarity, offline: :class:`RougeLScorer` (ROUGE-L F1 against the reference);
 - an LLM judge following the paper's criteria: :mod:`mbdefense.evaluation.judge`.
 
-``SCORERS`` maps the names usable from configs and the CLI to factories.
+:data:`SCORERS` registers the correctness scorers by the names configs and the CLI use:
+``rules`` (exact match on the embedded suite; alias ``exact``), ``rouge-l`` and ``judge`` (the
+LLM judge, built from its ``judge:`` settings).
 """
 
 from __future__ import annotations
 
+import inspect
 import re
-from typing import Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from mbdefense.data.example import Example
 from mbdefense.data.suite import exact_match
 from mbdefense.core.errors import ConfigError
+from mbdefense.core.registry import Registry
 
 
 def reference_of(example: Example) -> str:
@@ -139,18 +143,37 @@ class RougeLScorer(Scorer):
         return [s >= self.threshold for s in self.scores(answers, examples)]
 
 
-SCORERS: dict[str, Callable[[], Scorer]] = {
-    "exact": ExactMatchScorer,
-    "rouge-l": RougeLScorer,
-}
+ScorerFactory = Callable[..., Scorer]
+
+#: Correctness scorers by name: factories that take the scorer's own settings as keywords.
+SCORERS: Registry[ScorerFactory] = Registry("scorer")
+SCORERS.register("rules", ExactMatchScorer, aliases=("exact",))
+SCORERS.register("rouge-l", RougeLScorer)
 
 
-def get_scorer(name: str) -> Scorer:
-    """A correctness scorer by name (``exact``, ``rouge-l``)."""
+@SCORERS.register("judge")
+def _judge(**settings: Any) -> Scorer:
+    """The LLM judge of :mod:`mbdefense.evaluation.judge`, from its ``judge:`` settings."""
+    if not settings:
+        raise ConfigError("scorer 'judge' needs its judge: settings (model, base_url, "
+                          "criterion, ...); give them under judge: in the config")
+    from mbdefense.evaluation.judge import judge_from_config
+
+    return judge_from_config(**settings)
+
+
+def get_scorer(name: str, settings: Mapping[str, Any] | None = None) -> Scorer:
+    """A correctness scorer by name (``rules``, ``rouge-l``, ``judge`` or an alias), built with
+    its own ``settings`` (``threshold`` for ``rouge-l``; the ``judge:`` settings for ``judge``).
+    Unknown names are a :class:`ConfigError` with a did-you-mean hint."""
+    factory = SCORERS.get(name)
+    settings = dict(settings or {})
     try:
-        return SCORERS[name]()
-    except KeyError:
-        raise ConfigError(f"scorer: unknown '{name}' (known: {', '.join(sorted(SCORERS))})") from None
+        inspect.signature(factory).bind(**settings)
+    except TypeError:
+        raise ConfigError(f"scorer '{SCORERS.canonical(name)}': unknown setting(s) "
+                          f"{', '.join(sorted(settings))}") from None
+    return factory(**settings)
 
 
 def as_scorer(scorer: Scorer | Callable[[str, Example], bool]) -> Scorer:

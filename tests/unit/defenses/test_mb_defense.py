@@ -1,8 +1,11 @@
+import pytest
+
 from mbdefense.attacks import parse_behavior, parse_trigger, poison
 from mbdefense.data.suite import generate
 from mbdefense.defenses import DEFENSES, DefensivePoisoningConfig, make_defense
 from mbdefense.defenses.base import Defense
 from mbdefense.defenses.defensive_triggers import make_defensive_pairs
+from mbdefense.core.errors import ConfigError
 
 
 def test_defensive_pairs_are_fixed_by_seed_and_distinct():
@@ -46,3 +49,14 @@ def test_only_stage1_defenses_change_data():
         changed = defense.before_training(data) != data
         assert changed == (name in ("mb-defense", "p2p")), name   # p2p re-poisons the data
         assert changed == defense.changes_training_data, name
+
+
+@pytest.mark.parametrize("name,hint", [("mb-defence", "mb-defense"), ("clean_fft", "clean-fft"),
+                                       ("onoin", "onion")])
+def test_an_unknown_defense_gets_a_did_you_mean_hint(name, hint):
+    with pytest.raises(ConfigError) as info:
+        make_defense(name)
+    message = str(info.value)
+    assert message.startswith(f"unknown defense '{name}' (did you mean '{hint}'?)")
+    assert message.endswith(f"(known: {', '.join(DEFENSES.names())})")
+    assert "p2p" in message and "\n" not in message

@@ -221,10 +221,13 @@ def test_sliding_window_models_fall_back_to_generate(tokenizer):
 
 
 def test_backends(tokenizer, chain, monkeypatch):
-    assert GENERATORS == ("plain", "vllm")
+    assert GENERATORS.names() == ["plain", "vllm"]
     check_backend("plain")
     with pytest.raises(ConfigError, match="unknown"):
         check_backend("hf")
+    with pytest.raises(ConfigError, match=r"^unknown generator 'plian' \(did you mean 'plain'\?\) "
+                                          r"\(known: plain, vllm\)$"):
+        check_backend("plian")
     with pytest.raises(ConfigError, match="unknown"):
         generate_answers(chain, tokenizer, ["a"], backend="hf")
     monkeypatch.setitem(sys.modules, "vllm", None)      # as if not installed

@@ -6,8 +6,9 @@ from mbdefense.attacks import parse_behavior
 from mbdefense.data.example import Example
 from mbdefense.core.errors import ConfigError
 from mbdefense.evaluation.metrics import compute_metrics
-from mbdefense.evaluation.scorers import (BehaviorScorer, ExactMatchScorer, FunctionScorer,
-                                          RougeLScorer, get_scorer, lcs_length, rouge_l)
+from mbdefense.evaluation.scorers import (SCORERS, BehaviorScorer, ExactMatchScorer,
+                                          FunctionScorer, RougeLScorer, get_scorer, lcs_length,
+                                          rouge_l)
 
 
 def test_lcs_and_rouge_l_by_hand():
@@ -59,3 +60,40 @@ def test_behavior_scorer_and_length_checks():
     assert scorer.name == "detect:target:visit shop"
     with pytest.raises(ValueError):
         ExactMatchScorer().judge(["a", "b"], [Example("q", "", "a")])
+
+
+def test_scorer_names_and_aliases():
+    assert SCORERS.names() == ["rules", "rouge-l", "judge"]
+    assert SCORERS.aliases() == {"exact": "rules"}
+    assert isinstance(get_scorer("rules"), ExactMatchScorer)
+    assert isinstance(get_scorer("exact"), ExactMatchScorer)
+    rouge = get_scorer("rouge-l", {"threshold": 0.7})
+    assert isinstance(rouge, RougeLScorer) and rouge.threshold == 0.7
+
+
+@pytest.mark.parametrize("name,hint", [("rouge", "rouge-l"), ("rule", "rules"),
+                                       ("exakt", "exact"), ("judg", "judge")])
+def test_a_scorer_typo_gets_a_did_you_mean_hint(name, hint):
+    with pytest.raises(ConfigError) as info:
+        get_scorer(name)
+    assert str(info.value) == (f"unknown scorer '{name}' (did you mean '{hint}'?) "
+                               f"(known: rules, rouge-l, judge)")
+
+
+def test_unknown_scorer_settings_are_named():
+    with pytest.raises(ConfigError, match=r"^scorer 'rouge-l': unknown setting\(s\) treshold$"):
+        get_scorer("rouge-l", {"treshold": 0.5})
+    with pytest.raises(ConfigError, match=r"^scorer 'rules': unknown setting\(s\) threshold$"):
+        get_scorer("exact", {"threshold": 0.5})
+
+
+def test_the_judge_is_registered_by_name_and_needs_its_settings():
+    with pytest.raises(ConfigError, match=r"^scorer 'judge' needs its judge: settings"):
+        get_scorer("judge")
+    from mbdefense.evaluation.judge import LLMJudge
+
+    judge = get_scorer("judge", {"model": "m", "base_url": "http://127.0.0.1:9",
+                                 "criterion": "cacc"})
+    assert isinstance(judge, LLMJudge)
+    with pytest.raises(ConfigError, match="unknown option"):       # the judge's own check
+        get_scorer("judge", {"model": "m", "base_url": "http://127.0.0.1:9", "temprature": 0})

@@ -84,6 +84,20 @@ def test_gguf_file_without_gguf_package(tmp_path, monkeypatch):
         resolve_model(str(model_file))
 
 
+@pytest.mark.parametrize("spec,hint", [("embeded", "embedded"), ("smollm2", "smollm2-135m"),
+                                       ("smollm2-135M", "smollm2-135m")])
+def test_a_typo_of_a_registry_name_gets_a_did_you_mean_hint(spec, hint):
+    with pytest.raises(ConfigError) as info:
+        resolve_model(spec)
+    assert str(info.value) == (f"unknown model '{spec}' (did you mean '{hint}'?) "
+                               f"(known: embedded, smollm2-135m)")
+
+
+def test_bare_hub_ids_far_from_registry_names_stay_hub_ids():
+    assert resolve_model("gpt2") == registry.ModelSource(kind="hub", path="gpt2")
+    assert resolve_model("some-org/embeded").kind == "hub"       # an org/name id is never a typo
+
+
 @pytest.mark.parametrize("spec", ["./no/such/folder", "/no/such/model.gguf", "~/nope.gguf"])
 def test_missing_local_path(spec):
     with pytest.raises(ConfigError, match="not found"):
