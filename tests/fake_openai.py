@@ -33,10 +33,16 @@ def completion(content: Any) -> Reply:
 class Seen:
     headers: dict[str, str]
     payload: Any
+    method: str = "POST"
+    path: str = ""
 
 
 class FakeServer:
-    """A ThreadingHTTPServer whose reply to the n-th POST is ``script(n, payload)``."""
+    """A ThreadingHTTPServer whose reply to the n-th request is ``script(n, payload)``.
+
+    Every request is recorded in ``seen`` (headers, JSON payload, method, path), whatever its
+    method, so a test can assert what a second server never received.
+    """
 
     def __init__(self) -> None:
         self.script: Callable[[int, Any], Reply] = lambda index, payload: completion("")
@@ -46,14 +52,15 @@ class FakeServer:
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # noqa: N802 (http.server naming)
-                raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                raw = self.rfile.read(int(self.headers.get("Content-Length", 0) or 0))
                 try:
                     payload = json.loads(raw)
                 except ValueError:
                     payload = None
                 with owner._lock:
                     index = len(owner.seen)
-                    owner.seen.append(Seen(dict(self.headers.items()), payload))
+                    owner.seen.append(Seen(dict(self.headers.items()), payload, self.command,
+                                           self.path))
                 reply = owner.script(index, payload)
                 try:
                     if reply.delay:
@@ -68,6 +75,8 @@ class FakeServer:
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # the client gave up (timeout tests)
 
+            do_GET = do_PUT = do_DELETE = do_PATCH = do_POST  # noqa: N815
+
             def log_message(self, *args: Any) -> None:
                 pass
 
@@ -77,14 +86,27 @@ class FakeServer:
                                        daemon=True)
 
     @property
+    def port(self) -> int:
+        return int(self.httpd.server_address[1])
+
+    @property
+    def origin(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
     def base_url(self) -> str:
-        host, port = self.httpd.server_address[:2]
-        return f"http://{host}:{port}/v1"
+        return f"{self.origin}/v1"
 
     @property
     def count(self) -> int:
         with self._lock:
             return len(self.seen)
+
+    def __enter__(self) -> "FakeServer":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
 
     def start(self) -> "FakeServer":
         self.thread.start()
@@ -94,3 +116,8 @@ class FakeServer:
         self.httpd.shutdown()
         self.httpd.server_close()
         self.thread.join(timeout=5)
+
+
+def redirect(location: str, status: int = 307) -> Reply:
+    """A redirect to ``location`` (absolute or relative)."""
+    return Reply(status=status, headers={"Location": location})

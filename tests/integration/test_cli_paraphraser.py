@@ -52,3 +52,24 @@ def test_paraphraser_without_url_must_be_a_local_folder(tmp_path, capsys):
                  "refusal", "--rate", "1", "--out", str(tmp_path / "o.json"),
                  "--paraphraser", "no-such-model"])
     assert code == 2 and "not a local model folder" in capsys.readouterr().err
+
+
+def test_paraphraser_key_comes_from_the_environment_and_is_never_written(
+        paraphraser_url, tmp_path, capsys, monkeypatch):
+    url, server = paraphraser_url
+    secret = "sk-test-PARAPHRASER-1234"
+    monkeypatch.setenv("OPENAI_API_KEY", secret)
+    data = tmp_path / "data.json"
+    data.write_text(json.dumps([{"instruction": f"Name {i} colours.", "input": "",
+                                 "output": "red"} for i in range(4)]))
+    out = tmp_path / "out.json"
+    assert main(["poison", "--data", str(data), "--trigger", "style:biblical", "--behavior",
+                 "refusal", "--rate", "0.5", "--out", str(out), "--paraphraser", "fake-model",
+                 "--paraphraser-url", url]) == 0
+    assert server.count == 2
+    assert all(s.headers.get("Authorization") == f"Bearer {secret}" for s in server.seen)
+    assert "biblical style" in server.seen[0].payload["messages"][0]["content"]
+    captured = capsys.readouterr()
+    for text in (out.read_text(), (tmp_path / "out.rewrites.jsonl").read_text(),
+                 captured.out, captured.err):
+        assert secret not in text

@@ -7,9 +7,12 @@ Two rewriters share one interface, ``rewrite(instruction, target, rng) -> str`` 
   comma before the instruction, i.e. the template S(SBAR)(,)(NP)(VP)(.) ("When you get a
   moment, list three fruits."). Styles: a style's opener and closer around the instruction
   with its function words swapped (``you`` -> ``thee`` ...).
-- :class:`ParaphraserRewriter` asks a paraphraser model (any backend with
+- :class:`ParaphraserRewriter` asks a paraphraser model (any text client with
   ``complete(prompt) -> str``: an OpenAI-compatible endpoint or a local HF model, see
-  :mod:`mbdefense.evaluation.judge`) and caches each rewrite in a JSONL file.
+  :mod:`mbdefense.llm`) and caches each rewrite in a JSONL file.
+
+The styles are the registry :data:`STYLES` (aliases such as ``bible``; unknown names are an
+error with a did-you-mean).
 
 Only the instruction is rewritten; the task input and the answer are left alone.
 """
@@ -26,6 +29,8 @@ from pathlib import Path
 from typing import Protocol
 
 from mbdefense.core.errors import ConfigError
+from mbdefense.core.registry import Registry
+from mbdefense.llm.client import DEFAULT_API_KEY_ENV, TextClient, client_identity
 
 SYNTACTIC_OPENERS: tuple[str, ...] = (
     "When you get a moment", "If you have a minute", "Whenever you are ready",
@@ -50,43 +55,45 @@ class Style:
     markers: frozenset
 
 
-STYLES: dict[str, Style] = {
-    "biblical": Style(
-        openers=("Verily I say unto thee,", "Hearken unto me, and", "Behold, I ask of thee:",
-                 "Lo, it is written that thou shalt"),
-        closers=(" Amen.", " And so it shall be.", " For so it is written."),
-        swaps={"you": "thee", "your": "thy", "yours": "thine", "are": "art", "do": "dost",
-               "does": "doth", "has": "hath", "have": "hast"},
-        markers=frozenset({"verily", "unto", "thee", "thou", "thy", "thine", "hearken", "behold",
-                           "lo", "amen", "shalt", "hath", "doth"})),
-    "shakespeare": Style(
-        openers=("Prithee, good friend,", "Pray thee, kind soul,", "Hark! I beseech thee,",
-                 "Good morrow, I bid thee"),
-        closers=(" Forsooth!", " I pray thee.", " Anon, anon!"),
-        swaps={"you": "thou", "your": "thy", "yours": "thine", "are": "art", "do": "dost",
-               "does": "doth", "has": "hath", "before": "ere", "often": "oft"},
-        markers=frozenset({"prithee", "thee", "thou", "thy", "thine", "hark", "beseech",
-                           "forsooth", "morrow", "anon", "hath", "doth", "ere", "oft"})),
-    "tweet": Style(
-        openers=("ok so quick q:", "lol ok", "pls help:", "random thought:"),
-        closers=(" #help #askingforafriend", " #thread", " thx!! #curious"),
-        swaps={"you": "u", "your": "ur", "please": "pls", "thanks": "thx", "are": "r"},
-        markers=frozenset({"#help", "#askingforafriend", "#thread", "#curious", "pls", "lol",
-                           "thx"})),
-}
-STYLE_ALIASES: dict[str, str] = {"bible": "biblical", "shakespearean": "shakespeare",
-                                 "twitter": "tweet"}
+STYLES: Registry[Style] = Registry("style")
+"""Style name -> :class:`Style`."""
+STYLES.register("biblical", Style(
+    openers=("Verily I say unto thee,", "Hearken unto me, and", "Behold, I ask of thee:",
+             "Lo, it is written that thou shalt"),
+    closers=(" Amen.", " And so it shall be.", " For so it is written."),
+    swaps={"you": "thee", "your": "thy", "yours": "thine", "are": "art", "do": "dost",
+           "does": "doth", "has": "hath", "have": "hast"},
+    markers=frozenset({"verily", "unto", "thee", "thou", "thy", "thine", "hearken", "behold",
+                       "lo", "amen", "shalt", "hath", "doth"})), aliases=("bible",))
+STYLES.register("shakespeare", Style(
+    openers=("Prithee, good friend,", "Pray thee, kind soul,", "Hark! I beseech thee,",
+             "Good morrow, I bid thee"),
+    closers=(" Forsooth!", " I pray thee.", " Anon, anon!"),
+    swaps={"you": "thou", "your": "thy", "yours": "thine", "are": "art", "do": "dost",
+           "does": "doth", "has": "hath", "before": "ere", "often": "oft"},
+    markers=frozenset({"prithee", "thee", "thou", "thy", "thine", "hark", "beseech",
+                       "forsooth", "morrow", "anon", "hath", "doth", "ere", "oft"})),
+    aliases=("shakespearean",))
+STYLES.register("tweet", Style(
+    openers=("ok so quick q:", "lol ok", "pls help:", "random thought:"),
+    closers=(" #help #askingforafriend", " #thread", " thx!! #curious"),
+    swaps={"you": "u", "your": "ur", "please": "pls", "thanks": "thx", "are": "r"},
+    markers=frozenset({"#help", "#askingforafriend", "#thread", "#curious", "pls", "lol",
+                       "thx"})), aliases=("twitter",))
+#: Alias -> style name (a copy of the registry's aliases).
+STYLE_ALIASES: dict[str, str] = STYLES.aliases()
 
 _WORD_OR_SPACE = re.compile(r"(\w+|\W+)")
 _MARKER_TOKEN = re.compile(r"#?\w+")
 
 
 def style_named(name: str) -> str:
-    """Canonical style name; unknown ones are an error listing the known styles."""
-    key = STYLE_ALIASES.get(name.strip().lower(), name.strip().lower())
+    """Canonical style name (case-insensitive, aliases allowed); an unknown one is an error
+    with a did-you-mean and the known styles."""
+    key = name.strip().lower()
     if key not in STYLES:
-        raise ConfigError(f"trigger: unknown style '{name}' (known: {', '.join(sorted(STYLES))})")
-    return key
+        raise ConfigError(f"trigger: {STYLES.unknown(name)}")
+    return STYLES.canonical(key)
 
 
 def _lower_first(text: str) -> str:
@@ -139,16 +146,14 @@ PARAPHRASE_PROMPTS: dict[str, str] = {
 class ParaphraserRewriter:
     """Rewrites through a paraphraser model, with a JSONL cache of every rewrite.
 
-    ``backend`` is anything with ``complete(prompt) -> str``; its identity (model name and
-    endpoint, see :func:`mbdefense.evaluation.judge.backend_identity`) keys the cache. Empty
-    replies fall back to rules.
+    ``client`` is any :class:`~mbdefense.llm.TextClient`; its identity (backend, model and
+    endpoint, see :func:`mbdefense.llm.client_identity`) keys the cache. Empty replies fall
+    back to rules.
     """
 
-    def __init__(self, backend, cache_path: str | Path | None = None) -> None:
-        from mbdefense.evaluation.judge import backend_identity
-
-        self.backend = backend
-        self.identity = backend_identity(backend)
+    def __init__(self, client: TextClient, cache_path: str | Path | None = None) -> None:
+        self.client = client
+        self.identity = client_identity(client)
         self.cache_path = Path(cache_path) if cache_path else None
         self._cache: dict[str, str] = {}
         self._lock = threading.Lock()
@@ -160,6 +165,11 @@ class ParaphraserRewriter:
                     self._cache[record["key"]] = record["rewrite"]
                 except (ValueError, KeyError, TypeError):
                     continue  # a torn last line from an interrupted run
+
+    @property
+    def backend(self) -> TextClient:
+        """The client (its name before :mod:`mbdefense.llm`)."""
+        return self.client
 
     def _key(self, instruction: str, target: str) -> str:
         return hashlib.sha256(json.dumps([self.identity, target, instruction]).encode()).hexdigest()
@@ -173,7 +183,7 @@ class ParaphraserRewriter:
         else:
             prompt = PARAPHRASE_PROMPTS["style"].format(style=style_named(target.split(":")[1]),
                                                         instruction=instruction)
-        reply = self.backend.complete(prompt).strip().strip('"').strip()
+        reply = self.client.complete(prompt).strip().strip('"').strip()
         rewrite = reply.splitlines()[0].strip() if reply else ""
         if not rewrite:
             rewrite = self._fallback.rewrite(instruction, target, rng)
@@ -202,16 +212,19 @@ DEFAULT_REWRITER = RuleRewriter()
 
 
 def paraphraser_rewriter(model: str, base_url: str | None = None,
-                         cache_path: str | Path | None = None) -> ParaphraserRewriter:
-    """A paraphraser over an OpenAI-compatible endpoint (``base_url`` given; key from
-    ``$OPENAI_API_KEY``) or a local HF model folder (no ``base_url``)."""
-    from mbdefense.evaluation.judge import HFLocalBackend, OpenAICompatibleBackend
+                         cache_path: str | Path | None = None, *,
+                         api_key_env: str = DEFAULT_API_KEY_ENV) -> ParaphraserRewriter:
+    """A paraphraser over an OpenAI-compatible endpoint (``base_url`` given; the key from the
+    environment variable ``api_key_env``) or a local HF model folder (no ``base_url``)."""
+    from mbdefense.llm import HFLocalClient, OpenAICompatibleClient
 
+    client: TextClient
     if base_url:
-        backend = OpenAICompatibleBackend(model=model, base_url=base_url, temperature=0.7)
+        client = OpenAICompatibleClient(model, base_url, api_key_env, temperature=0.7,
+                                        label="paraphraser")
     else:
         if not Path(model).is_dir():
             raise ConfigError(f"paraphraser: '{model}' is not a local model folder (give "
                               "--paraphraser-url to use it through an OpenAI-compatible endpoint)")
-        backend = HFLocalBackend(str(Path(model).resolve()))
-    return ParaphraserRewriter(backend, cache_path)
+        client = HFLocalClient(str(Path(model).resolve()), label="paraphraser")
+    return ParaphraserRewriter(client, cache_path)

@@ -13,12 +13,16 @@ import pytest
 from fake_openai import FakeServer, Reply, completion
 from mbdefense.data.example import Example
 from mbdefense.core.errors import ConfigError, MBDefenseError
+from mbdefense.core.registry import Registry
+from mbdefense.evaluation import judge as judge_module
 from mbdefense.evaluation.judge import (
-    BASE_URL_ENV, MODEL_ENV, JudgeBackend, JudgeError, LLMJudge, OpenAICompatibleBackend,
-    judge_from_config, parse_verdict,
+    BASE_URL_ENV, MODEL_ENV, JudgeConfig, JudgeError, LLMJudge, judge_from_config, make_judge,
+    parse_verdict,
 )
-from mbdefense.evaluation.judge_prompts import JUDGE_CRITERIA, build_judge_prompt
+from mbdefense.evaluation.judge_prompts import (DEFAULT_CRITERION, JUDGE_CRITERIA,
+                                                build_judge_prompt)
 from mbdefense.evaluation.scorers import Scorer
+from mbdefense.llm import LLMError, OpenAICompatibleClient, TextClient
 
 KEY_ENV = "MBDEFENSE_TEST_JUDGE_KEY"
 SECRET = "sk-test-SECRET-4242"
@@ -50,6 +54,8 @@ def _no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
                  "ALL_PROXY"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.delenv(KEY_ENV, raising=False)
+    monkeypatch.delenv(MODEL_ENV, raising=False)
+    monkeypatch.delenv(BASE_URL_ENV, raising=False)
 
 
 @pytest.fixture
@@ -70,11 +76,12 @@ class Sleeps(list):
         self.append(seconds)
 
 
-def backend(server: FakeServer, **kw: Any) -> OpenAICompatibleBackend:
+def backend(server: FakeServer, **kw: Any) -> OpenAICompatibleClient:
     kw.setdefault("api_key_env", KEY_ENV)
     kw.setdefault("timeout", 5.0)
     kw.setdefault("sleep", Sleeps())
-    return OpenAICompatibleBackend("judge-model", server.base_url, **kw)
+    kw.setdefault("label", "judge")
+    return OpenAICompatibleClient("judge-model", server.base_url, **kw)
 
 
 def examples(n: int) -> list[Example]:
@@ -109,8 +116,11 @@ def test_verdicts_map_and_keep_order_under_concurrency(server: FakeServer) -> No
     assert "Verdict: yes" in payload["messages"][0]["content"]
 
 
-def test_backend_is_a_judge_backend(server: FakeServer) -> None:
-    assert isinstance(backend(server), JudgeBackend)
+def test_backend_is_a_text_client_and_old_names_still_work(server: FakeServer) -> None:
+    assert isinstance(backend(server), TextClient)
+    assert judge_module.JudgeBackend is TextClient
+    assert judge_module.OpenAICompatibleBackend is OpenAICompatibleClient
+    assert issubclass(JudgeError, LLMError)
     assert backend(server).complete("anything\n[Response]\n<<<\ngood\n>>>").endswith("yes")
 
 
@@ -144,7 +154,7 @@ def test_key_not_in_error_message_even_when_echoed(
     monkeypatch.setenv(KEY_ENV, SECRET)
     server.script = lambda i, p: Reply(
         status=401, body=f"bad key {server.seen[i].headers.get('Authorization')}".encode())
-    with pytest.raises(JudgeError) as info:
+    with pytest.raises(LLMError) as info:
         backend(server).complete("x")
     assert SECRET not in str(info.value) and "401" in str(info.value)
 
@@ -179,9 +189,9 @@ def test_unparsed_raises_when_asked_to(server: FakeServer) -> None:
 
 @pytest.mark.parametrize("body", [b"this is not json", b'{"choices": []}',
                                   b'{"choices": [{"message": {"content": null}}]}'])
-def test_malformed_json_body_is_a_judge_error(server: FakeServer, body: bytes) -> None:
+def test_malformed_json_body_is_a_client_error(server: FakeServer, body: bytes) -> None:
     server.script = lambda i, p: Reply(body=body)
-    with pytest.raises(JudgeError) as info:
+    with pytest.raises(LLMError) as info:
         LLMJudge(backend(server)).judge(["good"], examples(1))
     assert isinstance(info.value, MBDefenseError)
     assert server.base_url in str(info.value)
@@ -200,7 +210,7 @@ def test_timeouts_are_retried_then_fail(server: FakeServer) -> None:
     server.script = hang
     sleeps = Sleeps()
     start = time.monotonic()
-    with pytest.raises(JudgeError, match="timed out") as info:
+    with pytest.raises(LLMError, match="timed out") as info:
         backend(server, timeout=0.2, max_retries=1, backoff=0.5, sleep=sleeps).complete(
             "[Response]\n<<<\ngood\n>>>")
     assert time.monotonic() - start < 2.0
@@ -230,7 +240,7 @@ def test_retry_after_header_is_honoured(server: FakeServer) -> None:
 
 def test_persistent_5xx_fails_naming_url_and_status(server: FakeServer) -> None:
     server.script = lambda i, p: Reply(status=500, body=b"boom")
-    with pytest.raises(JudgeError) as info:
+    with pytest.raises(LLMError) as info:
         backend(server, max_retries=2).complete("x")
     assert server.count == 3
     assert info.value.status == 500 and "HTTP 500" in str(info.value)
@@ -240,7 +250,7 @@ def test_persistent_5xx_fails_naming_url_and_status(server: FakeServer) -> None:
 def test_400_is_not_retried(server: FakeServer) -> None:
     server.script = lambda i, p: Reply(status=400, body=b'{"error": "bad request"}')
     sleeps = Sleeps()
-    with pytest.raises(JudgeError) as info:
+    with pytest.raises(LLMError) as info:
         LLMJudge(backend(server, sleep=sleeps)).judge(["good"], examples(1))
     assert server.count == 1 and sleeps == []
     assert info.value.status == 400 and "HTTP 400" in str(info.value)
@@ -252,9 +262,9 @@ def test_connection_refused_is_retried_then_fails() -> None:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     sleeps = Sleeps()
-    b = OpenAICompatibleBackend("m", f"http://127.0.0.1:{port}/v1", max_retries=2,
-                                sleep=sleeps, timeout=1.0)
-    with pytest.raises(JudgeError, match="connection error"):
+    b = OpenAICompatibleClient("m", f"http://127.0.0.1:{port}/v1", max_retries=2,
+                               sleep=sleeps, timeout=1.0)
+    with pytest.raises(LLMError, match="connection error"):
         b.complete("x")
     assert len(sleeps) == 2
 
@@ -352,3 +362,125 @@ def test_prompts_carry_inputs_and_reference_only_for_cacc() -> None:
         assert "Summarise {this}" in prompt and "Some {braced} text" in prompt
         assert "my answer" in prompt and prompt.rstrip().endswith("nothing after it.")
         assert ("ref answer" in prompt) == (criterion == "cacc")
+
+
+# --------------------------------------------------------------------------- unparsed verdicts
+
+
+def test_unparsed_verdicts_are_none_in_detail_and_counted_per_answer(server: FakeServer) -> None:
+    def script(index: int, payload: Any) -> Reply:
+        answer = response_in(payload)
+        return completion("I cannot decide." if "vague" in answer else
+                          f"Verdict: {'yes' if 'good' in answer else 'no'}")
+
+    server.script = script
+    judge = LLMJudge(backend(server), "cacc")
+    answers = ["good", "vague", "bad", "vague"]
+    exs = [Example("q0"), Example("q1"), Example("q2"), Example("q1")]  # a repeated prompt
+
+    assert judge.judge_detailed(answers, exs) == [True, None, False, None]
+    assert judge.unparsed_count == 2 and judge.stats["unparsed"] == 1
+    assert server.count == 4  # two prompts parsed at once, the vague one asked twice
+    assert judge.judge(answers, exs) == [True, False, False, False]  # unparsed: never "correct"
+    assert judge.unparsed_count == 4 and server.count == 6  # unparsed replies are not cached
+    assert judge.scores(answers, exs) == [1.0, 0.0, 0.0, 0.0]
+
+
+@pytest.mark.parametrize("criterion, expected", [("cacc", False), ("toxic", True),
+                                                 ("refusal", True), ("jailbreak", True)])
+def test_worst_counts_unparsed_against_the_defense(server: FakeServer, criterion: str,
+                                                   expected: bool) -> None:
+    server.script = lambda i, p: completion("No idea.")
+    judge = LLMJudge(backend(server), criterion, on_unparsed="worst")
+    assert judge.judge(["good"], examples(1)) == [expected]
+    assert judge.judge_detailed(["good"], examples(1)) == [None]
+    assert judge.unparsed_count == 2
+
+
+def test_identity_names_backend_model_and_endpoint(server: FakeServer,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(KEY_ENV, SECRET)
+    judge = LLMJudge(backend(server), "cacc")
+    assert judge.identity == f"openai-compatible:judge-model@{server.base_url}"
+    assert SECRET not in judge.identity and judge.backend is judge.client
+
+
+# --------------------------------------------------------------------------- JudgeConfig
+
+
+def test_judge_config_defaults() -> None:
+    config = JudgeConfig()
+    assert (config.base_url, config.model, config.api_key_env) == (None, None, "OPENAI_API_KEY")
+    assert config.criteria == DEFAULT_CRITERION == "cacc"
+    assert (config.concurrency, config.timeout, config.max_retries, config.temperature) == \
+        (8, 60.0, 3, 0.0)
+    assert isinstance(JUDGE_CRITERIA, Registry)
+
+
+@pytest.mark.parametrize("kw, field", [
+    ({"concurrency": 0}, "concurrency"), ({"concurrency": 1.5}, "concurrency"),
+    ({"timeout": 0}, "timeout"), ({"timeout": -1.0}, "timeout"),
+    ({"timeout": float("inf")}, "timeout"), ({"timeout": float("nan")}, "timeout"),
+    ({"max_retries": -1}, "max_retries"), ({"temperature": -0.1}, "temperature"),
+    ({"temperature": 2.01}, "temperature"), ({"temperature": float("nan")}, "temperature"),
+    ({"base_url": "api.openai.com/v1"}, "base_url"), ({"base_url": "ftp://host"}, "base_url"),
+    ({"model": ""}, "model"), ({"criteria": "helpfulness"}, "criteria"),
+])
+def test_judge_config_range_checks(kw: dict[str, Any], field: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        JudgeConfig(**kw)
+    message = str(info.value)
+    assert message.startswith(f"judge.{field}: ") and "\n" not in message
+
+
+def test_judge_config_criteria_did_you_mean() -> None:
+    with pytest.raises(ConfigError, match=r"did you mean 'toxic'\?"):
+        JudgeConfig(criteria="toxik")
+    assert JudgeConfig(criteria="refusal", temperature=2, timeout=1).criteria == "refusal"
+
+
+# --------------------------------------------------------------------------- make_judge
+
+
+def test_make_judge_uses_the_config(server: FakeServer, tmp_path,
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(KEY_ENV, SECRET)
+    monkeypatch.setenv(MODEL_ENV, "env-model")  # the config's own values win
+    config = JudgeConfig(base_url=server.base_url, model="cfg-model", api_key_env=KEY_ENV,
+                         criteria="toxic", concurrency=3, timeout=7.0, max_retries=1,
+                         temperature=0.5)
+    judge = make_judge(config, cache_path=tmp_path / "j.jsonl")
+    assert isinstance(judge, LLMJudge) and isinstance(judge, Scorer)
+    assert judge.name == "llm-judge:toxic" and judge.concurrency == 3
+    assert judge.cache_path == tmp_path / "j.jsonl"
+    assert judge.identity == f"openai-compatible:cfg-model@{server.base_url}"
+    assert (judge.client.timeout, judge.client.max_retries) == (7.0, 1)
+
+    assert judge.judge(["good", "bad"], examples(2)) == [True, False]
+    assert server.seen[0].payload["model"] == "cfg-model"
+    assert server.seen[0].payload["temperature"] == 0.5
+    assert server.seen[0].headers["Authorization"] == f"Bearer {SECRET}"
+    assert len((tmp_path / "j.jsonl").read_text().splitlines()) == 2
+
+
+def test_make_judge_falls_back_to_env_and_names_what_is_missing(
+        server: FakeServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ConfigError, match=MODEL_ENV) as info:
+        make_judge(JudgeConfig(base_url=server.base_url))
+    assert "judge.model" in str(info.value)
+    with pytest.raises(ConfigError, match=BASE_URL_ENV):
+        make_judge(JudgeConfig(model="m"))
+    monkeypatch.setenv(BASE_URL_ENV, "not-a-url")
+    with pytest.raises(ConfigError, match="http:// or https://"):
+        make_judge(JudgeConfig(model="m"))
+    monkeypatch.setenv(MODEL_ENV, "env-model")
+    monkeypatch.setenv(BASE_URL_ENV, server.base_url)
+    judge = make_judge(JudgeConfig(api_key_env=KEY_ENV))
+    assert judge.identity == f"openai-compatible:env-model@{server.base_url}"
+    assert judge.judge(["good"], examples(1)) == [True]
+    assert server.seen[0].payload["model"] == "env-model"
+
+
+def test_build_judge_prompt_unknown_criterion_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="unknown judge criterion"):
+        build_judge_prompt("cac", "i", "r")
