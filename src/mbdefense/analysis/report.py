@@ -4,7 +4,9 @@
 "after stage 2": m2}``) and, for each, measures the elicitation matrix (attacker's trigger and
 the defensive triggers against the attacker's behaviour and the defensive responses), its
 cross-elicitation summary, and the attention statistics for every trigger. The result is a
-JSON-able document, rendered by :func:`analysis_markdown` and :func:`analysis_html`.
+JSON-able document, rendered by :func:`analysis_markdown` and :func:`analysis_html` from one
+page (:func:`analysis_blocks`) whose tables use the reports' table model
+(:mod:`mbdefense.reporting.table`).
 
 Document keys: ``kind``, ``alpha``, ``n``, ``seed``, ``max_new_tokens``, ``attacker``
 (``{"trigger", "behavior"}`` specs), ``defensive`` (a list of the same), ``rows`` and
@@ -16,7 +18,6 @@ of ``{"trigger", "spec", "role", "n_inputs", "skipped", "layers", "heads", "pois
 
 from __future__ import annotations
 
-from html import escape
 from typing import Any, Mapping, Sequence
 
 from mbdefense.analysis.attention import attention_to_trigger, poisoned_heads
@@ -25,8 +26,12 @@ from mbdefense.attacks.behaviors import Behavior
 from mbdefense.attacks.triggers import Trigger
 from mbdefense.data.example import Example
 from mbdefense.defenses.defensive_triggers import DefensivePair
+from mbdefense.reporting.page import (Block, Code, Figure, Figures, Heading, Inline, Paragraph,
+                                      TableBlock, page_html, page_markdown)
+from mbdefense.reporting.table import Column, Table, plain, values_table
 
 KIND = "mbdefense-analysis"
+TITLE = "Backdoor merge analysis"
 
 
 def _unique(labels: list[str]) -> list[str]:
@@ -131,33 +136,14 @@ _STAGE_SUMMARY_HEADER = [
 
 def _stage_summary_rows(doc: dict[str, Any]) -> list[list[Any]]:
     return [[r["stage"], r["attacker_asr"],
-             f"{_fmt(r['defensive_to_attacker'])} ({_fmt(r['baseline_attacker'])})",
+             f"{plain(r['defensive_to_attacker'])} ({plain(r['baseline_attacker'])})",
              r["attacker_to_defensive"], r["defensive_cross"],
              f"{r['attacker_poisoned_heads']} / {r['heads']}",
              f"{r['defensive_poisoned_heads']} ({r['shared_heads']})", r["attacker_attention"]]
             for r in stage_summary(doc)]
 
 
-# --- rendering ------------------------------------------------------------------------------
-
-def _fmt(value: Any) -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, float):
-        return f"{value:.3f}"
-    return str(value)
-
-
-def _md_cell(value: Any) -> str:
-    return _fmt(value).replace("|", "\\|").replace("\n", " ")
-
-
-def _md_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    lines = ["| " + " | ".join(_md_cell(h) for h in header) + " |",
-             "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(_md_cell(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines)
-
+# --- tables ----------------------------------------------------------------------------------
 
 def _heads_text(heads: Sequence[Sequence[int]], limit: int = 12) -> str:
     shown = ", ".join(f"L{layer}H{head}" for layer, head in heads[:limit])
@@ -187,93 +173,92 @@ _ATTENTION_HEADER = ("trigger", "role", "inputs", "skipped", "poisoned heads", "
                      "shared with the attacker's", "mean attention on trigger")
 
 
+def summary_table(doc: dict[str, Any]) -> Table:
+    """One row per stage: the merge and the break at a glance."""
+    return values_table(_STAGE_SUMMARY_HEADER, _stage_summary_rows(doc), stub=1)
+
+
+def attention_table(stage: dict[str, Any]) -> Table:
+    return values_table(_ATTENTION_HEADER, _attention_rows(stage), stub=1,
+                        title="Attention to the triggers")
+
+
+def elicitation_table(stage: dict[str, Any]) -> Table:
+    matrix = stage["elicitation"]
+    columns = [Column("trigger \\ behaviour")] + [Column(str(c), kind="num")
+                                                  for c in matrix["columns"]]
+    return values_table(columns, [[r, *v] for r, v in zip(matrix["rows"], matrix["values"])],
+                        stub=1, title="Elicitation (share of answers showing each behaviour)")
+
+
+def cross_elicitation_table(stage: dict[str, Any]) -> Table:
+    summary = stage["cross_elicitation"]
+    return values_table(["measure", Column("share", kind="num")],
+                        [[text, summary.get(key)] for key, text in _SUMMARY_KEYS], stub=1,
+                        title="Cross-elicitation")
+
+
+# --- pages -----------------------------------------------------------------------------------
+
+def _codes(values: Sequence[str], empty: str = "none") -> list[Inline]:
+    parts: list[Inline] = []
+    for n, value in enumerate(values):
+        parts += ([", "] if n else []) + [Code(value)]
+    return parts or [empty]
+
+
+def _stage_blocks(stage: dict[str, Any]) -> list[Block]:
+    from mbdefense.reporting.charts import heatmap_svg
+
+    name = stage["stage"]
+    matrix = stage["elicitation"]
+    grids = [Figure(heatmap_svg(item["max_share"],
+                                [f"layer {i}" for i in range(len(item["max_share"]))],
+                                [f"head {j}" for j in range(len(item["max_share"][0])
+                                                            if item["max_share"] else 0)],
+                                f"{name}: {item['trigger']}"))
+             for item in stage["attention"]]
+    return [Heading(name), TableBlock(attention_table(stage)),
+            Figures([Figure(heatmap_svg(matrix["values"], list(matrix["rows"]),
+                                        list(matrix["columns"]), f"{name}: elicitation"),
+                            fallback=elicitation_table(stage)),
+                     cross_elicitation_table(stage)],
+                    title="Elicitation and cross-elicitation"),
+            Figures(grids, title="Share of inputs with maximum attention on the trigger "
+                                 "(layer × head)")]
+
+
+def analysis_blocks(doc: dict[str, Any]) -> list[Block]:
+    """The analysis page, built once for Markdown and HTML: the setting, a summary per stage,
+    then per stage the attention, elicitation and cross-elicitation tables (HTML: heatmaps)."""
+    columns: list[Inline] = []
+    for n, column in enumerate(doc["columns"]):
+        columns += (["; "] if n else []) + [f"{column['label']} = ", Code(column["spec"])]
+    blocks: list[Block] = [
+        Heading(TITLE, 1),
+        Paragraph(["Attacker: trigger ", Code(doc["attacker"]["trigger"]), ", behaviour ",
+                   Code(doc["attacker"]["behavior"]), ". Defensive triggers: ",
+                   *_codes([d["trigger"] for d in doc["defensive"]]), "."]),
+        Paragraph([f"{doc['n']} examples, seed {doc['seed']}; a head is poisoned when more "
+                   f"than {doc['alpha']:g} of the triggered inputs put their maximum attention "
+                   "(from the last prompt token) on the trigger."]),
+        Paragraph(["Behaviour columns: ", *columns, "."]),
+        Heading("Summary"), TableBlock(summary_table(doc)),
+        Paragraph(["The merge shows as defensive triggers eliciting the attacker's behaviour "
+                   "(or the reverse) above the no-trigger rate, and as poisoned heads shared "
+                   "between the attacker's and the defensive triggers; the break as fewer "
+                   "poisoned heads and less attention on the attacker's trigger after stage 2."],
+                  note=True)]
+    for stage in doc["stages"]:
+        blocks += _stage_blocks(stage)
+    return blocks
+
+
 def analysis_markdown(doc: dict[str, Any]) -> str:
     """The analysis as Markdown: per stage, attention and elicitation tables."""
-    parts = ["# Backdoor merge analysis", "",
-             f"Attacker: trigger `{doc['attacker']['trigger']}`, behaviour "
-             f"`{doc['attacker']['behavior']}`. Defensive triggers: "
-             + (", ".join(f"`{d['trigger']}`" for d in doc["defensive"]) or "none") + ".",
-             "",
-             f"{doc['n']} examples, seed {doc['seed']}; a head is poisoned when more than "
-             f"{doc['alpha']:g} of the triggered inputs put their maximum attention (from the "
-             "last prompt token) on the trigger.", "",
-             "Behaviour columns: " + "; ".join(f"{c['label']} = `{c['spec']}`"
-                                               for c in doc["columns"]) + ".", "",
-             "## Summary", "",
-             _md_table(_STAGE_SUMMARY_HEADER, _stage_summary_rows(doc)), "",
-             "The merge shows as defensive triggers eliciting the attacker's behaviour (or the "
-             "reverse) above the no-trigger rate, and as poisoned heads shared between the "
-             "attacker's and the defensive triggers; the break as fewer poisoned heads and less "
-             "attention on the attacker's trigger after stage 2.", ""]
-    for stage in doc["stages"]:
-        parts += [f"## {stage['stage']}", "", "### Attention to the triggers", "",
-                  _md_table(_ATTENTION_HEADER, _attention_rows(stage)), ""]
-        matrix = stage["elicitation"]
-        parts += ["### Elicitation (share of answers showing each behaviour)", "",
-                  _md_table(["trigger \\ behaviour"] + list(matrix["columns"]),
-                            [[r] + list(v) for r, v in zip(matrix["rows"], matrix["values"])]),
-                  ""]
-        summary = stage["cross_elicitation"]
-        parts += ["### Cross-elicitation", "",
-                  _md_table(["measure", "share"],
-                            [[text, summary.get(key)] for key, text in _SUMMARY_KEYS]), ""]
-    return "\n".join(parts)
-
-
-_STYLE = """
-body { font-family: Helvetica, Arial, sans-serif; margin: 2em; color: #222; }
-table { border-collapse: collapse; margin: 0.5em 0 1.5em; }
-th, td { border: 1px solid #ccc; padding: 3px 8px; text-align: left; font-size: 13px; }
-th { background: #f3f3f3; }
-.charts { display: flex; flex-wrap: wrap; gap: 16px; align-items: flex-start; }
-.charts figure { margin: 0; overflow-x: auto; max-width: 100%; }
-"""
-
-
-def _html_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    head = "".join(f"<th>{escape(str(h))}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{escape(_fmt(v))}</td>" for v in row) + "</tr>"
-                   for row in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    return page_markdown(analysis_blocks(doc))
 
 
 def analysis_html(doc: dict[str, Any]) -> str:
     """The analysis as one self-contained HTML page with inline SVG heatmaps."""
-    from mbdefense.reporting.charts import heatmap_svg
-
-    attacker = doc["attacker"]
-    body = ["<h1>Backdoor merge analysis</h1>",
-            f"<p>Attacker: trigger <code>{escape(attacker['trigger'])}</code>, behaviour "
-            f"<code>{escape(attacker['behavior'])}</code>. Defensive triggers: "
-            + (", ".join(f"<code>{escape(d['trigger'])}</code>" for d in doc["defensive"])
-               or "none")
-            + f". {doc['n']} examples, seed {doc['seed']}; poisoned head: share above "
-            f"{doc['alpha']:g}.</p>", "<h2>Summary</h2>",
-            _html_table(_STAGE_SUMMARY_HEADER, _stage_summary_rows(doc))]
-    for stage in doc["stages"]:
-        name = stage["stage"]
-        matrix = stage["elicitation"]
-        summary = stage["cross_elicitation"]
-        body += [f"<h2>{escape(name)}</h2>", "<h3>Attention to the triggers</h3>",
-                 _html_table(_ATTENTION_HEADER, _attention_rows(stage)),
-                 "<h3>Elicitation and cross-elicitation</h3>", '<div class="charts"><figure>',
-                 heatmap_svg(matrix["values"], list(matrix["rows"]), list(matrix["columns"]),
-                             f"{name}: elicitation"),
-                 "</figure><figure>",
-                 _html_table(["measure", "share"],
-                             [[text, summary.get(key)] for key, text in _SUMMARY_KEYS]),
-                 "</figure></div>",
-                 "<h3>Share of inputs with maximum attention on the trigger "
-                 "(layer × head)</h3>", '<div class="charts">']
-        for item in stage["attention"]:
-            grid = item["max_share"]
-            body += ["<figure>",
-                     heatmap_svg(grid, [f"layer {i}" for i in range(len(grid))],
-                                 [f"head {j}" for j in range(len(grid[0]) if grid else 0)],
-                                 f"{name}: {item['trigger']}"),
-                     "</figure>"]
-        body.append("</div>")
-    return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
-            "<title>Backdoor merge analysis</title>\n"
-            f"<style>{_STYLE}</style>\n</head>\n<body>\n" + "\n".join(body)
-            + "\n</body>\n</html>\n")
+    return page_html(TITLE, analysis_blocks(doc))

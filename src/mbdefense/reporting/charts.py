@@ -6,6 +6,9 @@ page as it is or saved as a ``.svg`` file.
 
 - :func:`bar_chart_svg`: grouped bars, e.g. one group per attack and one bar per defense.
 - :func:`heatmap_svg`: a grid of cells on a sequential colour scale, each showing its value.
+
+Both take optional per-series (per-row) colours, so that a report can give each defense the
+same colour in every chart (see :mod:`mbdefense.reporting.colours`).
 """
 
 from __future__ import annotations
@@ -93,12 +96,21 @@ def _bar(x: float, top: float, value: float, y_max: float, colour: str, tip: str
     return [rect, label]
 
 
-def _legend(x: float, top: float, series: Sequence[str]) -> list[str]:
+def _series_colours(n: int, colours: Sequence[str] | None) -> list[str]:
+    """``colours`` as given (checked), or the palette in turn."""
+    if colours is None:
+        return [PALETTE[i % len(PALETTE)] for i in range(n)]
+    if len(colours) != n:
+        raise ValueError(f"colours: expected {n} colours, got {len(colours)}")
+    return [escape(str(c)) for c in colours]
+
+
+def _legend(x: float, top: float, series: Sequence[str], colours: Sequence[str]) -> list[str]:
     parts = []
     for i, name in enumerate(series):
         y = top + i * 18
         parts.append(f'<rect class="legend-swatch" x="{_num(x)}" y="{_num(y)}" width="12" '
-                     f'height="12" fill="{PALETTE[i % len(PALETTE)]}"/>')
+                     f'height="12" fill="{colours[i]}"/>')
         parts.append(_text(x + 18, y + 10, name, size=11, anchor="start"))
     return parts
 
@@ -112,15 +124,18 @@ def _group_label(x: float, y: float, text: str, slanted: bool) -> str:
 
 
 def bar_chart_svg(groups: list[str], series: list[str], values: list[list[float | None]],
-                  title: str, y_label: str, y_max: float = 1.0) -> str:
+                  title: str, y_label: str, y_max: float = 1.0,
+                  colours: Sequence[str] | None = None) -> str:
     """Grouped bars: ``values[s][g]`` is series ``s`` in group ``g`` (``None``: no bar).
 
     Each bar is a ``<rect class="bar">`` with a ``<title>`` tooltip and its value printed above;
-    the legend's swatches are ``<rect class="legend-swatch">``. Values above ``y_max`` are drawn
-    at the top of the axis (their printed value stays exact). Group names too long to fit
-    under their group are written slanted.
+    the legend's swatches are ``<rect class="legend-swatch">``. Series ``s`` is drawn in
+    ``colours[s]`` (default: the palette in turn). Values above ``y_max`` are drawn at the top
+    of the axis (their printed value stays exact). Group names too long to fit under their
+    group are written slanted.
     """
     _check_shape(values, len(series), len(groups), "bar_chart_svg")
+    fills = _series_colours(len(series), colours)
     if y_max <= 0:
         raise ValueError("bar_chart_svg: y_max must be positive")
     group_width = max(len(series), 1) * (BAR_WIDTH + BAR_GAP) - BAR_GAP
@@ -150,10 +165,10 @@ def bar_chart_svg(groups: list[str], series: list[str], values: list[list[float 
                 continue
             x = x0 + s * (BAR_WIDTH + BAR_GAP)
             tip = f"{name} / {group}: {value:.3f}"
-            parts += _bar(x, top, float(value), y_max, PALETTE[s % len(PALETTE)], tip)
+            parts += _bar(x, top, float(value), y_max, fills[s], tip)
     if not groups or not series:
         parts.append(_text(left + plot_width / 2, top + PLOT_HEIGHT / 2, "no data"))
-    parts += _legend(left + plot_width + 20, top, series)
+    parts += _legend(left + plot_width + 20, top, series, fills)
     parts.append("</svg>")
     return "\n".join(parts)
 
@@ -205,14 +220,17 @@ def _scale_legend(x: float, y: float, vmin: float, vmax: float) -> list[str]:
 
 def heatmap_svg(values: list[list[float | None]], row_labels: list[str],
                 col_labels: list[str], title: str, vmin: float = 0.0,
-                vmax: float = 1.0) -> str:
+                vmax: float = 1.0, row_colours: Sequence[str] | None = None) -> str:
     """Cells coloured from ``vmin`` (light) to ``vmax`` (dark), each with its value printed.
 
     ``values[r][c]`` belongs to ``row_labels[r]`` and ``col_labels[c]``; ``None`` is drawn as a
-    grey cell with ``–``. Column labels are written slanted above the grid.
+    grey cell with ``–``. Column labels are written slanted above the grid. ``row_colours``
+    adds a swatch (``<rect class="row-swatch">``) before each row label.
     """
     _check_shape(values, len(row_labels), len(col_labels), "heatmap_svg")
+    swatches = _series_colours(len(row_labels), row_colours) if row_colours is not None else None
     left = 16 + max((_text_width(r, 11) for r in row_labels), default=0)
+    left += 16 if swatches else 0
     # slanted at 40 degrees, a label needs sin(40) of its width above and cos(40) to the right
     longest = max((_text_width(c, 11) for c in col_labels), default=0)
     top = 36 + longest * 0.65 + 10
@@ -228,6 +246,9 @@ def heatmap_svg(values: list[list[float | None]], row_labels: list[str],
                            extra=f' transform="rotate(-40 {_num(x)} {_num(y)})"'))
     for r, row_label in enumerate(row_labels):
         y = top + r * CELL_HEIGHT
+        if swatches:
+            parts.append(f'<rect class="row-swatch" x="6" y="{_num(y + CELL_HEIGHT / 2 - 5)}" '
+                         f'width="10" height="10" fill="{swatches[r]}"/>')
         parts.append(_text(left - 8, y + CELL_HEIGHT / 2 + 4, row_label, size=11, anchor="end"))
         for c, col_label in enumerate(col_labels):
             parts += _cell(left + c * CELL_WIDTH, y, values[r][c], vmin, vmax,

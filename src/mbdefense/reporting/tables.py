@@ -1,32 +1,33 @@
-"""Plain result tables (terminal and Markdown) for the commands' output."""
+"""Plain result tables (terminal and Markdown) for the commands' output, built on the table
+model (:mod:`mbdefense.reporting.table`)."""
 
 from __future__ import annotations
 
 from typing import Any, Sequence
 
+from mbdefense.reporting.render import table_markdown, table_text
+from mbdefense.reporting.table import Table, values_table
+
 COLUMNS = ("model", "attack", "behavior", "defense", "cacc", "asr", "aacc", "n_clean",
            "n_triggered")
 
 
-def _cell(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.3f}"
-    return str(value).replace("|", "\\|")
+def _text(value: Any) -> str:
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def rows_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] = COLUMNS) -> Table:
+    """``rows`` (mappings) as a table of ``columns`` (a missing key shows as empty)."""
+    return values_table(columns, ([row.get(c, "") for c in columns] for row in rows),
+                        text=_text)
 
 
 def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] = COLUMNS) -> str:
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    for row in rows:
-        lines.append("| " + " | ".join(_cell(row.get(c, "")) for c in columns) + " |")
-    return "\n".join(lines)
+    return table_markdown(rows_table(rows, columns))
 
 
 def text_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] = COLUMNS) -> str:
-    cells = [[str(c) for c in columns]] + [[_cell(r.get(c, "")) for c in columns] for r in rows]
-    widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
-    out = []
-    for n, line in enumerate(cells):
-        out.append("  ".join(v.ljust(w) for v, w in zip(line, widths)).rstrip())
-        if n == 0:
-            out.append("  ".join("-" * w for w in widths))
-    return "\n".join(out)
+    return table_text(rows_table(rows, columns))
+
+
+__all__ = ["COLUMNS", "markdown_table", "rows_table", "text_table"]

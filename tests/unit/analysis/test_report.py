@@ -81,3 +81,54 @@ def test_stage_summary_counts_heads_shared_with_the_attacker(doc):
         assert row["shared_heads"] == sum(shared[1:])
         assert row["attacker_poisoned_heads"] == len(attacker)
         assert row["stage"] == stage["stage"]
+
+
+def _synthetic_doc() -> dict:
+    """A small analysis document, without any model."""
+    def attention(trigger: str, role: str) -> dict:
+        return {"trigger": trigger, "spec": trigger, "role": role, "n_inputs": 3, "skipped": 0,
+                "layers": 1, "heads": 2, "poisoned_heads": [[0, 1]], "n_poisoned": 1,
+                "mean_mass": 0.25, "max_share": [[0.1, 0.9]], "mass": [[0.1, 0.2]],
+                "shared_with_attacker": 1}
+
+    def stage(name: str) -> dict:
+        return {"stage": name,
+                "elicitation": {"rows": ["word:cf (attacker)", "word:mn", "no trigger"],
+                                "columns": ["refusal (attacker)", "mn <response>"],
+                                "values": [[0.9, 0.1], [0.2, 0.8], [0.0, 0.05]]},
+                "cross_elicitation": {"attacker_asr": 0.9, "defensive_to_attacker": 0.2,
+                                      "attacker_to_defensive": 0.1, "baseline_attacker": 0.0,
+                                      "baseline_defensive": 0.05, "defensive_own": 0.8,
+                                      "defensive_cross": None},
+                "attention": [attention("word:cf (attacker)", "attacker"),
+                              attention("word:mn", "defensive")]}
+
+    return {"attacker": {"trigger": "word:cf", "behavior": "refusal"},
+            "defensive": [{"trigger": "word:mn", "behavior": "fixed:x"}], "n": 3, "seed": 0,
+            "alpha": 0.5, "columns": [{"label": "refusal (attacker)", "spec": "refusal"},
+                                      {"label": "mn <response>", "spec": "fixed:x"}],
+            "stages": [stage("attacked"), stage("after stage 2")]}
+
+
+def test_markdown_and_html_render_the_same_tables():
+    from mbdefense.analysis.report import analysis_blocks
+    from mbdefense.reporting.page import Figure, Figures, TableBlock
+    from mbdefense.reporting.render import md_text
+
+    doc = _synthetic_doc()
+    markdown, page = analysis_markdown(doc), analysis_html(doc)
+    tables = [b.table for b in analysis_blocks(doc) if isinstance(b, TableBlock)]
+    for block in analysis_blocks(doc):
+        if isinstance(block, Figures):
+            tables += [i.fallback if isinstance(i, Figure) else i for i in block.items]
+    tables = [t for t in tables if t is not None]
+    assert len(tables) == 1 + 2 * 3        # summary; per stage attention, elicitation, cross
+    for table in tables:
+        for row in table.rows:
+            assert "| " + " | ".join(md_text(c.text) for c in row) + " |" in markdown
+    assert "mn &lt;response&gt;" in markdown and "mn &lt;response&gt;" in page
+    assert "<th>no trigger</th>" not in page      # the fallback table only in Markdown
+    assert "| no trigger | 0.000 | 0.050 |" in markdown
+    assert "<td>–</td>" in page or '<td class="num">–</td>' in page
+    assert page.count("<svg") == 2 * (1 + 2)
+    assert "`word:mn`" in markdown and "<code>word:mn</code>" in page

@@ -92,3 +92,19 @@ def test_scale_colour_endpoints_and_clipping():
     assert scale_colour(1.0) == "#08306b"
     assert scale_colour(-3) == scale_colour(0.0)
     assert scale_colour(7) == scale_colour(1.0)
+
+
+def test_bar_chart_takes_one_colour_per_series():
+    svg = bar_chart_svg(["a", "b"], ["none", "mb-defense"], [[0.1, 0.2], [0.3, None]], "t", "y",
+                        colours=["#bab0ac", "#e15759"])
+    assert [r.get("fill") for r in _rects(svg, "bar")] == ["#bab0ac", "#e15759", "#bab0ac"]
+    assert [r.get("fill") for r in _rects(svg, "legend-swatch")] == ["#bab0ac", "#e15759"]
+    with pytest.raises(ValueError):
+        bar_chart_svg(["a"], ["s"], [[0.1]], "t", "y", colours=["#000000", "#ffffff"])
+
+
+def test_heatmap_row_swatches():
+    svg = heatmap_svg([[0.1], [0.2]], ["clean", "mb-defense"], ["badnet"], "t",
+                      row_colours=["#59a14f", "#e15759"])
+    assert [r.get("fill") for r in _rects(svg, "row-swatch")] == ["#59a14f", "#e15759"]
+    assert _rects(heatmap_svg([[0.1]], ["x"], ["y"], "t"), "row-swatch") == []

@@ -325,3 +325,68 @@ def test_write_report_reports_a_bad_input(tmp_path):
     with pytest.raises(DataError, match="results.json"):
         write_report([folder])
     assert not (folder / "report.html").exists()
+
+
+# ----------------------------------------------------------------------------- one table model
+
+
+def _html_paper_rows(html: str) -> dict[str, list[str]]:
+    """The first paper table's body rows in the HTML, by label, as lists of cell texts."""
+    start = html.index('<th rowspan="3">defense</th>')
+    body = html[html.index("<tbody>", start):html.index("</tbody>", start)]
+    out = {}
+    for row in re.findall(r"<tr>(.*?)</tr>", body):
+        cells = [re.sub(r"<[^>]+>", "", c) for c in re.findall(r"<t[hd][^>]*>(.*?)</t[hd]>", row)]
+        out[cells[0]] = cells[1:]
+    return out
+
+
+def test_markdown_and_html_show_the_same_tables(combined):
+    markdown = markdown_report(combined)
+    html = html_report(combined)
+    assert _html_paper_rows(html) == _table_lines(markdown)
+    long_md = markdown[markdown.index("### All rows"):]
+    long_html = html[html.index("<h3>All rows</h3>"):]
+    assert long_md.count("\n| tiny |") == len(re.findall(r"<tr><td[^>]*>tiny</td>", long_html)) \
+        == 32
+
+
+def test_reference_and_proposed_rows_are_marked(combined):
+    html = html_report(combined)
+    assert re.search(r'<th class="reference"><span class="swatch"[^>]*></span>clean</th>', html)
+    assert re.search(r'<th class="highlight"><span class="swatch" style="background:#e15759">'
+                     r"</span>mb-defense</th>", html)
+    assert '<td class="num highlight">' in html and '<td class="num reference">' in html
+    table = _table_lines(markdown_report(combined))
+    markdown = markdown_report(combined)
+    assert "| **mb-defense** |" in markdown and "| **clean** |" in markdown
+    assert "| mb-defense |" in markdown          # the long table's defense column stays plain
+    assert list(table)[0] == "clean"
+
+
+def test_metadata_and_unknown_fields_are_tolerated_and_shown(tmp_path):
+    doc = _doc(0)
+    doc.update(schema_version=3, metadata={"date": "2025-05-01", "commit": "abc123",
+                                           "command": "mbdefense run <x>"})
+    for row in doc["rows"]:
+        row["cacc_ci"] = [0.1, 0.2]
+    paths = write_report([_write(tmp_path / "r", doc)])
+    markdown, html = paths["markdown"].read_text(), paths["html"].read_text()
+    header = markdown[:markdown.index("## Runs")]
+    assert "- commit: abc123" in header and "- command: mbdefense run &lt;x&gt;" in header
+    assert "<td>mbdefense run &lt;x&gt;</td>" in html[:html.index("<h2>Runs</h2>")]
+    assert "cacc_ci" in markdown and "[0.1, 0.2]" in markdown
+    assert '"[0.1, 0.2]"' in paths["csv"].read_text()
+
+
+def test_csv_escapes_formulas_but_keeps_negative_numbers():
+    rows = [_row(0, "refusal", "badnet", "none", note="+cmd", who="@me", tab="\tx", cr="\rx",
+                 delta=-0.25, shift=-3, plain="-1")]
+    rows[0]["defense"] = "=HYPERLINK(\"x\")"
+    read = list(csv.DictReader(io.StringIO(csv_rows(rows))))[0]
+    assert read["defense"] == "'=HYPERLINK(\"x\")"
+    assert (read["note"], read["who"], read["tab"], read["cr"]) == ("'+cmd", "'@me", "'\tx",
+                                                                   "'\rx")
+    assert read["delta"] == "-0.25" and read["shift"] == "-3"
+    assert read["plain"] == "'-1"                 # a string, however numeric it looks
+    assert float(read["asr"]) == rows[0]["asr"]

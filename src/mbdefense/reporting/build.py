@@ -1,0 +1,180 @@
+"""The report's tables, built once from checked results as :class:`Table` objects.
+
+- :func:`paper_table`: one model's Table 1 (defenses down; behaviour and attack header groups
+  over CACC / ASR columns; the ``clean`` row flagged ``reference``, ``mb-defense``
+  ``highlight``, each defense with its colour);
+- :func:`long_table`: every row and every field (standard columns first);
+- :func:`samples_tables`, :func:`diagnostics_tables`, :func:`pairs_table`: the samples, the
+  diagnostics (dotted keys) and key/value lists such as versions and metadata.
+
+The page assembly (:mod:`mbdefense.reporting.report`) renders these same objects as Markdown
+and as HTML, and :func:`long_table` as CSV.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Iterable, Mapping, Sequence
+
+from mbdefense.reporting.documents import COUNTS, FRACTIONS, OPTIONAL_FRACTIONS
+from mbdefense.reporting.summary import (HIGHLIGHT_LABEL, METRICS, REFERENCE_LABEL, ModelTable,
+                                         attack_title, format_cell, is_reference, row_label)
+from mbdefense.reporting.table import Cell, Column, Table
+
+STANDARD = ("model", "attack", "behavior", "defense", "seed", "cacc", "asr", "aacc", "n_clean",
+            "n_triggered", "clean_asr", "clean_score", "reference_nll", "poison_rate",
+            "train_seconds")
+NUMERIC = FRACTIONS + OPTIONAL_FRACTIONS + COUNTS + ("seed", "clean_score", "reference_nll",
+                                                      "train_seconds")
+SAMPLE_FIELDS = ("kind", "prompt", "reference", "answer")
+LIST_TEXT_LIMIT = 600   # longer lists show only their length
+
+Row = dict[str, Any]
+
+
+def flags(label: str) -> dict[str, bool]:
+    """A row's flags by its label: ``reference`` for ``clean``, ``highlight`` for MB-Defense."""
+    return {"reference": label == REFERENCE_LABEL, "highlight": label == HIGHLIGHT_LABEL}
+
+
+# ----------------------------------------------------------------------------- paper layout
+
+
+def paper_table(table: ModelTable, colours: Mapping[str, str] | None = None) -> Table:
+    """One model's Table 1: ``defense`` down; behaviour, attack and CACC / ASR across."""
+    colours = colours or {}
+    columns = [Column("defense")] + [
+        Column(f"{b} · {attack_title(a)} {name}", short=name, kind="num")
+        for b, a in table.columns for _, name in METRICS]
+    groups = [[Cell(b, colspan=2 * len(table.attacks(b))) for b in table.behaviors()],
+              [Cell(attack_title(a), colspan=2) for _, a in table.columns]]
+    rows = []
+    for label in table.labels:
+        marks = flags(label)
+        line = [Cell(label, label, colour=colours.get(label), **marks)]
+        for b, a in table.columns:
+            summary = table.cell(label, b, a)
+            line += [Cell(format_cell(summary, metric),
+                          None if summary is None else summary[f"{metric}_mean"], **marks)
+                     for metric, _ in METRICS]
+        rows.append(line)
+    return Table(columns, rows, title=table.model, groups=groups if table.columns else [],
+                 stub=1)
+
+
+# ----------------------------------------------------------------------------- all rows
+
+
+def columns_of(rows: Sequence[Row]) -> list[str]:
+    """The union of the rows' keys: the standard columns first, then others as they appear."""
+    present = dict.fromkeys(k for row in rows for k in row)
+    return [k for k in STANDARD if k in present] + [k for k in present if k not in STANDARD]
+
+
+def rounded(value: Any) -> Any:
+    """Floats (also inside objects and lists) to 4 significant digits."""
+    if isinstance(value, float):
+        return float(f"{value:.4g}")
+    if isinstance(value, dict):
+        return {k: rounded(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [rounded(v) for v in value]
+    return value
+
+
+def format_value(value: Any, column: str = "") -> str:
+    """A cell of the long table: fractions with 3 decimals, other numbers with up to 4, objects
+    and lists (e.g. a ``cacc_ci`` interval) as compact JSON."""
+    if value is None:
+        return ""
+    if isinstance(value, float) and column in FRACTIONS + OPTIONAL_FRACTIONS + ("clean_score",):
+        return f"{value:.3f}"
+    if isinstance(value, float):
+        return f"{value:.4f}".rstrip("0").rstrip(".")
+    if isinstance(value, (dict, list)):
+        return json.dumps(rounded(value), ensure_ascii=False, default=str)
+    return str(value)
+
+
+def long_table(rows: Sequence[Row], colours: Mapping[str, str] | None = None, *,
+               reference_first: bool = True, title: str = "All rows") -> Table:
+    """Every row (reference rows first unless told otherwise), every column, raw values kept."""
+    colours = colours or {}
+    rows = list(rows)
+    if reference_first:
+        rows.sort(key=lambda r: not is_reference(r))
+    names = columns_of(rows)
+    columns = [Column(n, kind="num" if n in NUMERIC else "") for n in names]
+    body = []
+    for row in rows:
+        label = row_label(row)
+        marks = flags(label)
+        body.append([Cell(format_value(row.get(n), n), row.get(n), **marks,
+                          colour=colours.get(label) if n == "defense" else None)
+                     for n in names])
+    return Table(columns, body, title=title)
+
+
+# ----------------------------------------------------------------------------- other tables
+
+
+def pairs_table(pairs: Iterable[tuple[Any, Any]], title: str = "",
+                header: tuple[str, str] = ("key", "value")) -> Table:
+    """A key/value table (a list in Markdown)."""
+    rows = [[Cell(str(k), k), Cell(_scalar_text(v), v)] for k, v in pairs]
+    return Table([Column(header[0]), Column(header[1])], rows, title=title, layout="pairs")
+
+
+def _scalar_text(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, (dict, list)):
+        return json.dumps(rounded(value), ensure_ascii=False, default=str)
+    return str(value)
+
+
+def flatten(value: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    """Scalar leaves of nested objects as ``(dotted.path, value)``; a list shows as compact
+    JSON (e.g. a stage-2 eval-loss history), or its length when that is long."""
+    if isinstance(value, dict):
+        out: list[tuple[str, Any]] = []
+        for key, item in value.items():
+            out += flatten(item, f"{prefix}.{key}" if prefix else str(key))
+        return out
+    if isinstance(value, list):
+        text = json.dumps(rounded(value), ensure_ascii=False, default=str)
+        return [(prefix, text if len(text) <= LIST_TEXT_LIMIT else f"[{len(value)} entries]")]
+    return [(prefix, value)]
+
+
+def diagnostics_tables(runs: Sequence[Mapping[str, Any]]) -> list[Table]:
+    """Per run and diagnostics key, its leaves as a key/value table (empty ones left out)."""
+    tables = []
+    for run in runs:
+        for key, value in run["diagnostics"].items():
+            leaves = flatten(value, "" if isinstance(value, dict) else str(key))
+            if leaves:
+                tables.append(pairs_table(leaves, f"{key} ({run['source']})"))
+    return tables
+
+
+def samples_tables(samples: Mapping[str, Sequence[Mapping[str, Any]]]) -> list[Table]:
+    """One table per sample heading: kind, prompt, reference and answer of each generation."""
+    tables = []
+    for heading, items in samples.items():
+        columns = [Column(k, kind="text") for k in SAMPLE_FIELDS]
+        rows = [[Cell(_sample_text(item.get(k)), item.get(k)) for k in SAMPLE_FIELDS]
+                for item in items]
+        tables.append(Table(columns, rows, title=f"{heading} ({len(rows)} samples)"))
+    return tables
+
+
+def _sample_text(value: Any) -> str:
+    if value is None:
+        return ""
+    return value if isinstance(value, str) else _scalar_text(value)
+
+
+__all__ = ["SAMPLE_FIELDS", "STANDARD", "columns_of", "diagnostics_tables", "flags", "flatten",
+           "format_value", "long_table", "pairs_table", "paper_table", "rounded",
+           "samples_tables"]
