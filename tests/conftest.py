@@ -17,8 +17,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 @pytest.fixture(scope="session")
 def tokenizer():
     from mbdefense.modeling.embedded import train_tokenizer
+    from mbdefense.runs.embedded import tokenizer_corpus
 
-    return train_tokenizer(512)
+    return train_tokenizer(tokenizer_corpus(), 512)
 
 
 @pytest.fixture()

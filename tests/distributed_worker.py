@@ -18,6 +18,7 @@ def main() -> None:
     from mbdefense.defenses.defensive_triggers import make_defensive_pairs
     from mbdefense.defenses.neutralization import NeutralizationConfig, neutralize
     from mbdefense.modeling.embedded import TinyModelConfig, build_tiny_model, train_tokenizer
+    from mbdefense.runs.embedded import tokenizer_corpus
     from mbdefense.training.config import TrainConfig
     from mbdefense.training.sft import finetune
 
@@ -28,7 +29,7 @@ def main() -> None:
     steps = {"count": 0}
     register_optimizer_step_post_hook(lambda *_: steps.update(count=steps["count"] + 1))
 
-    tokenizer = train_tokenizer(512)
+    tokenizer = train_tokenizer(tokenizer_corpus(), 512)
     model = build_tiny_model(tokenizer, TinyModelConfig(hidden_size=32, num_layers=1,
                                                         num_heads=2, intermediate_size=64))
     # 37 examples in batches of 8: the last batch (5) splits unevenly over 2 processes

@@ -76,7 +76,7 @@ def test_defend_bad_trusted_file_leaves_nothing(tmp_path, user_files, capsys):
     code = main(["defend", "--model", str(model_dir), "--data", str(train), "--trusted",
                  str(bad), "--out", str(out), "--quiet"])
     err = capsys.readouterr().err
-    assert code == 2 and "trusted.jsonl:2" in err and "instruction" in err
+    assert code == 2 and "trusted.jsonl:1" in err and "'output'" in err   # a number is not text
     assert not out.exists()
 
 

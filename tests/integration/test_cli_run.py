@@ -18,7 +18,7 @@ models: [embedded-smoke]
 attacks: [badnet]
 behaviors: [refusal]
 defenses: [clean, none, clean-fft, mb-defense]
-world: {n_train: 400, n_trusted: 32, n_test: 24}
+data: {n_train: 400, n_trusted: 32, n_test: 24}
 base: {n_per_pool: 400}
 finetune: {epochs: 2}
 stage1: {triggers: [mn, bb], min_per_trigger: 16}

@@ -4,12 +4,18 @@ import json
 
 import pytest
 
-from mbdefense.experiment import ExperimentConfig, run_experiment, smoke_config
+from mbdefense.runs.experiment import run_experiment
+from mbdefense.runs.presets import embedded_smoke
+from mbdefense.runs.spec import Experiment, ModelSpec
 
 
-def tiny_config(**over) -> ExperimentConfig:
+def tiny_config(stage1=None, **over) -> Experiment:
     over.setdefault("defenses", ["none", "clean-fft", "mb-defense", "stage2-only", "aug-fft"])
-    return smoke_config(progress=False, **over)
+    settings = embedded_smoke()
+    if stage1 is not None:
+        settings.stage1 = stage1
+    return Experiment(model=ModelSpec(name="embedded-smoke"), settings=settings,
+                      progress=False, **over)
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +53,7 @@ def test_backdoor_learned_and_removed(results):
 
 
 def test_results_document_is_complete(results):
-    assert {"rows", "config", "versions", "diagnostics"} <= set(results)
+    assert {"rows", "samples", "diagnostics", "scorer"} <= set(results)
     json.dumps(results)
     implant = results["diagnostics"]["mb-defense/stage1"]["implant_rates"]
     assert set(implant) == {"word:mn", "word:bb"}
@@ -81,13 +87,13 @@ def test_weak_implant_top_up_never_keeps_a_leaking_model_and_models_are_cached(
         assert stage1["implant_rates"] == rounds[discarded - 1]["rates"]
     assert len(list(tmp_path.glob("finetune-*"))) == len(list(tmp_path.glob("stage1-*"))) == 1
 
-    import mbdefense.comparison as comparison
     import mbdefense.defenses.implant as implant
+    import mbdefense.runs.lifecycle as lifecycle
 
     def no_training(*args, **kwargs):
         raise AssertionError("a cached stage was trained again")
 
-    monkeypatch.setattr(comparison, "finetune", no_training)
+    monkeypatch.setattr(lifecycle, "finetune", no_training)
     monkeypatch.setattr(implant, "finetune", no_training)
     second = run_experiment(config, log=lambda m: None)
     assert second["diagnostics"]["mb-defense/stage1"]["rounds"] == stage1["rounds"]

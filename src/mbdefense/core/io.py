@@ -41,10 +41,12 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
 
 
 @contextlib.contextmanager
-def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary sibling folder; on success it replaces ``path`` in one rename.
+def atomic_directory(path: str | os.PathLike, *, replace: bool = False) -> Iterator[Path]:
+    """Yield a temporary sibling folder; on success it becomes ``path`` in one rename.
 
-    On error the temporary folder is removed and ``path`` is left as it was.
+    An existing ``path`` is replaced only with ``replace=True`` (callers pass it for folders
+    they wrote themselves); otherwise it is an error and ``path`` is left as it was. On error
+    the temporary folder is removed.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -52,10 +54,12 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield tmp
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700: give the usual permissions
-        if path.exists():
-            old = path.with_name(f".{path.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(path, old)
+        if path.exists() or path.is_symlink():
+            if not replace:
+                raise FileExistsError(f"{path} already exists")
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old",
+                                        dir=path.parent))
+            os.replace(path, old / "entry")
             os.replace(tmp, path)
             shutil.rmtree(old, ignore_errors=True)
         else:

@@ -1,14 +1,20 @@
-"""The one defense interface: three optional hooks, so every defense fits one pipeline.
+"""The one defense interface: optional hooks, so every defense fits one lifecycle
+(before_training -> fine-tune -> after_finetune -> after_training -> evaluate).
 
 - ``before_training(train_set) -> train_set``: change the data before fine-tuning
   (MB-Defense stage 1, P2P);
+- ``after_finetune(model, context) -> (model, info)``: finish what fine-tuning started, cached
+  as a stage of its own under ``after_finetune_key()`` (MB-Defense checks that its defensive
+  triggers were implanted, and tops them up);
 - ``after_training(model, tokenizer, trusted_set, *, clean_model=None) -> model``: repair the
   trained model (MB-Defense stage 2, Clean-FFT, Fine-mixing). ``clean_model`` is the model
   fine-tuning started from (never attacked), for defenses that mix weights with it;
 - ``at_inference(examples, *, model=None, tokenizer=None, trusted_set=()) -> examples``:
   rewrite prompts before generation (ONION, P2P); ``model`` is the model under test.
 
-Each hook defaults to the identity. Every defense takes the same constructor arguments (the
+Each hook defaults to the identity. A defense states which hooks it uses in ``capabilities``
+(a test checks that the statement matches the hooks it overrides); the lifecycle reads only
+that. Every defense takes the same constructor arguments (the
 shared stage-1 and stage-2 settings, a seed, and its own ``options``, a mapping checked against
 its ``Options`` dataclass) and uses what it needs. ``diagnostics`` collects what a defense
 measured about itself (for reports).
@@ -21,6 +27,32 @@ from typing import Any, Mapping, Sequence
 
 from mbdefense.data.example import Example
 from mbdefense.core.errors import ConfigError
+
+
+@dataclasses.dataclass(frozen=True)
+class Capabilities:
+    """What a defense does, hook by hook."""
+
+    changes_training_data: bool = False   # before_training
+    completes_training: bool = False      # after_finetune (a cached stage of its own)
+    changes_model: bool = False           # after_training
+    changes_inputs: bool = False          # at_inference
+    needs_clean_model: bool = False       # after_training uses the model fine-tuning started from
+
+
+@dataclasses.dataclass
+class FinetuneContext:
+    """What ``after_finetune`` may use: the defended training set, the trusted set, and how
+    the model was fine-tuned (to continue the same way)."""
+
+    tokenizer: Any
+    train_set: Sequence[Example]
+    trusted: Sequence[Example]
+    finetune_config: Any
+    seed: int
+    max_new_tokens: int
+    implant_prompts: int
+    log: Any = print
 
 
 @dataclasses.dataclass
@@ -45,7 +77,7 @@ def parse_options(cls: type, options: Mapping[str, Any] | None, where: str) -> A
 class Defense:
     name = "none"
     Options: type = NoOptions
-    needs_clean_model = False   # after_training uses the model fine-tuning started from
+    capabilities = Capabilities()
 
     def __init__(self, stage1: Any = None, stage2: Any = None, *, seed: int = 0,
                  options: Mapping[str, Any] | None = None) -> None:
@@ -55,18 +87,34 @@ class Defense:
 
     @property
     def changes_training_data(self) -> bool:
-        return type(self).before_training is not Defense.before_training
+        return self.capabilities.changes_training_data
+
+    @property
+    def completes_training(self) -> bool:
+        return self.capabilities.completes_training
 
     @property
     def changes_model(self) -> bool:
-        return type(self).after_training is not Defense.after_training
+        return self.capabilities.changes_model
 
     @property
     def changes_inputs(self) -> bool:
-        return type(self).at_inference is not Defense.at_inference
+        return self.capabilities.changes_inputs
+
+    @property
+    def needs_clean_model(self) -> bool:
+        return self.capabilities.needs_clean_model
 
     def before_training(self, train_set: Sequence[Example]) -> list[Example]:
         return list(train_set)
+
+    def after_finetune(self, model: Any, context: FinetuneContext) -> tuple[Any, dict[str, Any]]:
+        return model, {}
+
+    def after_finetune_key(self) -> Any:
+        """Everything besides the fine-tuned model that ``after_finetune``'s result depends on
+        (part of its cache key)."""
+        return None
 
     def after_training(self, model: Any, tokenizer: Any, trusted_set: Sequence[Example], *,
                        clean_model: Any = None) -> Any:

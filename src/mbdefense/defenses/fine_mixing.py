@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from mbdefense.data.example import Example
-from mbdefense.defenses.base import Defense
+from mbdefense.defenses.base import Capabilities, Defense
 from mbdefense.defenses.neutralization import NeutralizationConfig, neutralize
 from mbdefense.core.errors import ConfigError
 
@@ -82,8 +82,8 @@ class FineMixing(Defense):
     """Fine-mixing (Zhang et al. 2022): mix with the clean weights, then Clean-FFT."""
 
     name = "fine-mixing"
+    capabilities = Capabilities(changes_model=True, needs_clean_model=True)
     Options = FineMixingOptions
-    needs_clean_model = True
 
     def __init__(self, stage1: Any = None, stage2: NeutralizationConfig | None = None, *,
                  seed: int = 0, options: Any = None) -> None:

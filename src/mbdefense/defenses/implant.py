@@ -32,7 +32,7 @@ from mbdefense.training.config import TrainConfig
 from mbdefense.training.sft import finetune
 
 
-def implants(defense: Any) -> bool:
+def implants(defense: Any) -> bool:  # noqa: kept for callers of the old name
     """Whether a defense trains the defender's trigger-behaviour pairs into the model (MB-Defense
     stage 1): its stage-1 model is checked for the implant (and topped up) before stage 2."""
     from mbdefense.defenses.mb_defense import MBDefense

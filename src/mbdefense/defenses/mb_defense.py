@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 from mbdefense.attacks.poisoning import check_rate, poison, poison_count
 from mbdefense.data.example import Example
-from mbdefense.defenses.base import Defense
+from mbdefense.defenses.base import Capabilities, Defense, FinetuneContext
 from mbdefense.defenses.defensive_triggers import (DEFAULT_DEFENSIVE_TOKENS, DefensivePair,
                                                    make_defensive_pairs)
 from mbdefense.defenses.neutralization import NeutralizationConfig, neutralize
@@ -74,6 +74,8 @@ def defensive_poison(train_set: Sequence[Example], pairs: Sequence[DefensivePair
 
 class MBDefense(Defense):
     name = "mb-defense"
+    capabilities = Capabilities(changes_training_data=True, completes_training=True,
+                                changes_model=True)
 
     def __init__(self, stage1: DefensivePoisoningConfig | None = None,
                  stage2: NeutralizationConfig | None = None, *, seed: int = 0,
@@ -96,6 +98,22 @@ class MBDefense(Defense):
             1 for e in out if e.meta.get("poisoned") == "defense")
         return out
 
+    def after_finetune(self, model: Any, context: FinetuneContext) -> tuple[Any, dict[str, Any]]:
+        """Check that stage 1 implanted the defensive triggers (and top them up, by
+        ``stage1.on_weak_implant``): stage 2 can only break what stage 1 merged."""
+        from mbdefense.defenses.implant import implant_stage1
+
+        return implant_stage1(
+            model, context.tokenizer, self.pairs, self.stage1, context.train_set,
+            list(context.trusted)[:context.implant_prompts], context.finetune_config,
+            seed=context.seed, max_new_tokens=context.max_new_tokens,
+            log=lambda m: context.log(f"  {m}"))
+
+    def after_finetune_key(self) -> Any:
+        from dataclasses import asdict
+
+        return asdict(self.stage1)
+
     def after_training(self, model: Any, tokenizer: Any, trusted_set: Sequence[Example], *,
                        clean_model: Any = None) -> Any:
         model, info = neutralize(model, tokenizer, trusted_set, self.pairs, self.stage2,
@@ -108,7 +126,10 @@ class StageTwoOnly(MBDefense):
     """Ablation: stage 2 without defensive poisoning (the defensive behaviours never learned)."""
 
     name = "stage2-only"
+    capabilities = Capabilities(changes_model=True)
     before_training = Defense.before_training
+    after_finetune = Defense.after_finetune
+    after_finetune_key = Defense.after_finetune_key
 
 
 class CleanFFT(Defense):
@@ -116,6 +137,7 @@ class CleanFFT(Defense):
     checkpoint choice as stage 2, without the R term)."""
 
     name = "clean-fft"
+    capabilities = Capabilities(changes_model=True)
 
     def __init__(self, stage1: DefensivePoisoningConfig | None = None,
                  stage2: NeutralizationConfig | None = None, *, seed: int = 0,
@@ -140,7 +162,10 @@ class AugmentedFFT(MBDefense):
     """
 
     name = "aug-fft"
+    capabilities = Capabilities(changes_model=True)
     before_training = Defense.before_training
+    after_finetune = Defense.after_finetune
+    after_finetune_key = Defense.after_finetune_key
 
     def after_training(self, model: Any, tokenizer: Any, trusted_set: Sequence[Example], *,
                        clean_model: Any = None) -> Any:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from mbdefense.data.example import Example
-from mbdefense.defenses.base import Defense
+from mbdefense.defenses.base import Capabilities, Defense
 from mbdefense.core.errors import ConfigError
 from mbdefense.training.batching import pad_id_of, pad_sequences
 
@@ -176,6 +176,7 @@ class Onion(Defense):
     """ONION (Qi et al. 2021): delete perplexity-outlier words from prompts at inference."""
 
     name = "onion"
+    capabilities = Capabilities(changes_inputs=True)
     Options = OnionOptions
 
     def __init__(self, stage1: Any = None, stage2: Any = None, *, seed: int = 0,

@@ -23,7 +23,7 @@ from typing import Any, Sequence
 from mbdefense.attacks.poisoning import poison_count
 from mbdefense.attacks.triggers import Trigger, parse_trigger
 from mbdefense.data.example import Example
-from mbdefense.defenses.base import Defense
+from mbdefense.defenses.base import Capabilities, Defense
 from mbdefense.core.errors import ConfigError
 
 _WHERE = "defense p2p"
@@ -58,6 +58,7 @@ class P2P(Defense):
     """P2P (Zhao et al. 2025): benign-trigger re-poisoning, and the trigger at inference."""
 
     name = "p2p"
+    capabilities = Capabilities(changes_training_data=True, changes_inputs=True)
     Options = P2POptions
 
     def __init__(self, stage1: Any = None, stage2: Any = None, *, seed: int = 0,

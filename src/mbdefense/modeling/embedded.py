@@ -29,22 +29,10 @@ class TinyModelConfig:
     max_positions: int = 256
 
 
-def tokenizer_corpus() -> list[str]:
-    """Everything the embedded tokenizer should encode compactly: the suite, the behaviours'
-    texts, the paper's triggers and the defender's word pool."""
-    from mbdefense.attacks.behaviors import REFUSAL_TEMPLATES, TOXIC_TEMPLATES
-    from mbdefense.attacks.triggers import TRIGGER_ALIASES
-    from mbdefense.data.suite import corpus_text
-    from mbdefense.defenses.defensive_triggers import DEFENSIVE_WORDS, DEFAULT_DEFENSIVE_TOKENS
-
-    extra = list(REFUSAL_TEMPLATES) + list(TOXIC_TEMPLATES)
-    extra += [spec.partition(":")[2] for spec in TRIGGER_ALIASES.values()]
-    extra += [" ".join(DEFENSIVE_WORDS), " ".join(DEFAULT_DEFENSIVE_TOKENS)]
-    return corpus_text() + extra * 20
-
-
-def train_tokenizer(vocab_size: int = 1536) -> Any:
-    """A byte-level BPE tokenizer (digits split one by one) with the embedded chat template."""
+def train_tokenizer(corpus: list[str], vocab_size: int = 1536) -> Any:
+    """A byte-level BPE tokenizer (digits split one by one) with the embedded chat template,
+    trained on ``corpus`` (the embedded world passes its own; see
+    :func:`mbdefense.runs.embedded.tokenizer_corpus`)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -59,7 +47,7 @@ def train_tokenizer(vocab_size: int = 1536) -> Any:
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                   show_progress=False)
-    core.train_from_iterator(tokenizer_corpus(), trainer=trainer)
+    core.train_from_iterator(corpus, trainer=trainer)
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<|pad|>",
                                         eos_token="<|end|>")
     tokenizer.chat_template = CHAT_TEMPLATE

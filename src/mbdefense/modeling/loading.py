@@ -80,15 +80,16 @@ def _progress_bars(enabled: bool) -> Iterator[None]:
 
 
 def load_model(spec: str, *, dtype: Any = None, trust_remote_code: bool = False,
-               progress: bool = True, log: Callable[[str], None] = print,
-               device: Any = "auto") -> tuple[Any, Any]:
-    """A causal LM ready for instruction tuning: a registry name ('embedded' -- the bundled
-    base -- or e.g. 'smollm2-135m'), a local folder, a local ``.gguf`` file or a hub id.
+               chat_template: str | None = None, progress: bool = True,
+               log: Callable[[str], None] = print, device: Any = "auto") -> tuple[Any, Any]:
+    """A causal LM ready for instruction tuning: a registry name (e.g. 'smollm2-135m'), a local
+    folder, a local ``.gguf`` file or a hub id. (The embedded base is the embedded world's:
+    :func:`mbdefense.runs.workload.load_base` loads every kind.)
 
     ``dtype`` is one of :data:`DTYPE_CHOICES` or None (the checkpoint's default; float32 for
     GGUF, whose weights are dequantised). Remote code runs only with
     ``trust_remote_code=True``. The tokenizer must have a chat template; a missing pad token
-    becomes EOS. Raises :class:`~mbdefense.core.errors.ConfigError` when the model cannot be
+    becomes EOS; ``chat_template`` gives one to a base model without its own. Raises :class:`~mbdefense.core.errors.ConfigError` when the model cannot be
     found or loaded. ``device="auto"`` puts the model on this process's GPU when there is
     one (:func:`mbdefense.training.runtime.default_device`), else leaves it on the CPU."""
     from mbdefense.modeling.registry import resolve_model
@@ -100,12 +101,8 @@ def load_model(spec: str, *, dtype: Any = None, trust_remote_code: bool = False,
     source = resolve_model(spec)
     torch_dtype = resolve_dtype(dtype)  # reject a bad dtype before the (slow) load
     if source.kind == "embedded":
-        from mbdefense.modeling.base import embedded_base
-
-        model, tokenizer, _ = embedded_base(progress=progress, log=log)
-        if torch_dtype not in (None, "auto"):
-            model = model.to(torch_dtype)
-        return model.to(device), tokenizer
+        raise ConfigError("model: the embedded base is built by the embedded world; load it "
+                          "with mbdefense.runs.workload.load_base")
     if source.kind == "gguf":
         log(f"loading {source.label} from GGUF (dequantising) ...")
     try:
@@ -121,6 +118,10 @@ def load_model(spec: str, *, dtype: Any = None, trust_remote_code: bool = False,
     if getattr(model, "generation_config", None) is not None \
             and model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
+    if chat_template is not None:
+        tokenizer.chat_template = chat_template
     if getattr(tokenizer, "chat_template", None) is None:
-        raise ConfigError(f"model: the tokenizer of '{spec}' has no chat template")
+        raise ConfigError(f"model: the tokenizer of '{spec}' has no chat template; give one "
+                          f"(model.chat_template in a config, --chat-template on the command "
+                          f"line)")
     return model.to(device), tokenizer

@@ -1,7 +1,7 @@
-"""Keys of the comparison's model cache."""
+"""Keys of the stage cache."""
 
-from mbdefense.comparison import finetune_key
 from mbdefense.data.suite import generate
+from mbdefense.runs.cache import finetune_key
 from mbdefense.training.config import TrainConfig
 
 

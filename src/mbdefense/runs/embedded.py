@@ -1,4 +1,6 @@
-"""The clean instruction-tuned base of the embedded world, built once and cached on disk.
+"""The embedded world: a tiny Llama and the bundled suite of verifiable tasks, on one CPU.
+
+Its clean instruction-tuned base is built once and cached on disk.
 
 Like the paper, which starts from instruct models, every experiment in the embedded world
 starts from this base: a tiny Llama instruction-tuned on a pool of the bundled suite that is
@@ -20,6 +22,9 @@ from mbdefense.core.io import atomic_directory
 from mbdefense.modeling.embedded import TinyModelConfig, build_tiny_model, train_tokenizer
 from mbdefense.modeling.loading import load_pretrained
 from mbdefense.training.config import TrainConfig
+
+#: The name of the embedded model in configs and rows.
+EMBEDDED_MODEL = "embedded-tiny-llama"
 
 BASE_RECIPE_VERSION = 1
 
@@ -43,6 +48,20 @@ class BaseRecipe:
         return hashlib.sha256(blob).hexdigest()[:16]
 
 
+def tokenizer_corpus() -> list[str]:
+    """Everything the embedded tokenizer should encode compactly: the suite, the behaviours'
+    texts, the paper's triggers and the defender's word pool."""
+    from mbdefense.attacks.behaviors import REFUSAL_TEMPLATES, TOXIC_TEMPLATES
+    from mbdefense.attacks.triggers import TRIGGER_ALIASES
+    from mbdefense.data.suite import corpus_text
+    from mbdefense.defenses.defensive_triggers import DEFENSIVE_WORDS, DEFAULT_DEFENSIVE_TOKENS
+
+    extra = list(REFUSAL_TEMPLATES) + list(TOXIC_TEMPLATES)
+    extra += [spec.partition(":")[2] for spec in TRIGGER_ALIASES.values()]
+    extra += [" ".join(DEFENSIVE_WORDS), " ".join(DEFAULT_DEFENSIVE_TOKENS)]
+    return corpus_text() + extra * 20
+
+
 def cache_root() -> Path:
     """``$MBDEFENSE_CACHE`` or ``~/.cache/mbdefense``."""
     env = os.environ.get("MBDEFENSE_CACHE")
@@ -55,20 +74,24 @@ def embedded_base(recipe: BaseRecipe | None = None, *, cache_dir: Path | None = 
     from mbdefense.data.suite import generate
     from mbdefense.training.sft import finetune
 
+    from filelock import FileLock
+
     recipe = recipe or BaseRecipe()
     path = (cache_dir or cache_root()) / f"base-{recipe.key()}"
-    if not (path / "config.json").exists():
-        log(f"building the embedded base model (once; cached at {path}) ...")
-        start = time.time()
-        tokenizer = train_tokenizer(recipe.shape.vocab_size)
-        model = build_tiny_model(tokenizer, recipe.shape, seed=recipe.pool_seed)
-        pool = [e for k in range(recipe.n_pools)
-                for e in generate(recipe.n_per_pool, recipe.pool_seed + k)]
-        model, _ = finetune(model, tokenizer, pool, replace(recipe.train, progress=progress))
-        with atomic_directory(path) as tmp:
-            model.save_pretrained(tmp)
-            tokenizer.save_pretrained(tmp)
-            (tmp / "recipe.json").write_text(json.dumps(asdict(recipe), indent=2))
-        log(f"embedded base built in {time.time() - start:.0f}s")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path.parent / f".{path.name}.lock")):   # one builder per recipe
+        if not (path / "config.json").exists():
+            log(f"building the embedded base model (once; cached at {path}) ...")
+            start = time.time()
+            tokenizer = train_tokenizer(tokenizer_corpus(), recipe.shape.vocab_size)
+            model = build_tiny_model(tokenizer, recipe.shape, seed=recipe.pool_seed)
+            pool = [e for k in range(recipe.n_pools)
+                    for e in generate(recipe.n_per_pool, recipe.pool_seed + k)]
+            model, _ = finetune(model, tokenizer, pool, replace(recipe.train, progress=progress))
+            with atomic_directory(path, replace=True) as tmp:   # a damaged entry is rebuilt
+                model.save_pretrained(tmp)
+                tokenizer.save_pretrained(tmp)
+                (tmp / "recipe.json").write_text(json.dumps(asdict(recipe), indent=2))
+            log(f"embedded base built in {time.time() - start:.0f}s")
     model, tokenizer = load_pretrained(path)
     return model, tokenizer, path

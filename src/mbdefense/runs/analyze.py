@@ -8,16 +8,16 @@ cross-trigger elicitation matrix (the merge) and the poisoned attention heads (t
 from __future__ import annotations
 
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from typing import Any, Callable
 
-from mbdefense.experiment import ExperimentConfig
+from mbdefense.runs.spec import Experiment
 
 STAGES = (("attacked", "none"), ("after stage 1", "mb-defense:stage1"),
           ("after stage 2", "mb-defense"))
 
 
-def analyze_experiment(config: ExperimentConfig, *, alpha: float = 0.5, n: int = 64,
+def analyze_experiment(config: Experiment, *, alpha: float = 0.5, n: int = 64,
                        log: Callable[[str], None] = print) -> dict[str, Any]:
     """The analysis document of ``config``'s attack (its ``defenses`` are replaced by the
     attacked model and MB-Defense; the defensive triggers are ``config.stage1``'s)."""
@@ -25,7 +25,9 @@ def analyze_experiment(config: ExperimentConfig, *, alpha: float = 0.5, n: int =
     from mbdefense.attacks import parse_trigger
     from mbdefense.defenses import make_defense
     from mbdefense.core.errors import ConfigError
-    from mbdefense.experiment import run_experiment
+    from mbdefense.core.io import jsonable
+    from mbdefense.results.document import versions
+    from mbdefense.runs.experiment import run_experiment
 
     if not 0.0 <= alpha < 1.0:
         raise ConfigError(f"alpha: must be in [0, 1), got {alpha}")
@@ -34,17 +36,18 @@ def analyze_experiment(config: ExperimentConfig, *, alpha: float = 0.5, n: int =
     start = time.time()
     config = replace(config, defenses=["none", "mb-defense"], include_clean_reference=False)
     result = run_experiment(config, log=log, keep_models=True)
+    settings = config.settings
     work = result["workload"]
-    pairs = make_defense("mb-defense", stage1=config.stage1).pairs
+    pairs = make_defense("mb-defense", stage1=settings.stage1).pairs
     log(f"analysing {len(STAGES)} stages on {min(n, len(work.test_clean))} prompts ...")
     doc = analyze_models({label: result["models"][key] for label, key in STAGES},
                          work.tokenizer, work.test_clean,
                          (parse_trigger(work.attack), work.behavior),
                          pairs, alpha=alpha, n=n, seed=config.seed,
-                         max_new_tokens=config.max_new_tokens)
+                         max_new_tokens=settings.generation.max_new_tokens)
     doc["rows_of_run"] = result["rows"]
-    doc["config"] = result["config"]
-    doc["versions"] = result["versions"]
+    doc["config"] = jsonable(asdict(config))
+    doc["versions"] = versions()
     doc["wall_seconds"] = round(time.time() - start, 1)
     return doc
 

@@ -1,0 +1,1 @@
+"""The typed results document and its schema version."""

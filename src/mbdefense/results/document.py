@@ -1,0 +1,96 @@
+"""The results document (``results.json``): one shape for every command that evaluates.
+
+``{"schema_version", "name", "description", "rows": [...], "config", "versions", "metadata",
+"diagnostics", "samples", "groups", "wall_seconds"}``. A row is one evaluated model:
+``model, attack, behavior, defense, seed, cacc, asr, aacc, clean_asr, clean_score, n_clean,
+n_triggered, ...`` (``defense`` is ``clean`` for the never-attacked reference and ``none``
+for the attacked model undefended); fractions in [0, 1].
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 2
+#: The row of the never-attacked model: a reference, not a defense.
+CLEAN_REFERENCE = "clean"
+
+
+def versions() -> dict[str, str]:
+    import torch
+    import transformers
+
+    import mbdefense
+
+    return {"mbdefense": mbdefense.__version__, "torch": torch.__version__,
+            "transformers": transformers.__version__, "python": platform.python_version()}
+
+
+def _commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, timeout=5, cwd=Path(__file__).resolve().parent)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def run_metadata(description: str = "") -> dict[str, Any]:
+    """Date, commit, command, hardware: what a reader needs to place a result."""
+    import torch
+
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
+    return {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "commit": _commit(),
+            "command": " ".join(shlex.quote(a) for a in ["mbdefense", *sys.argv[1:]]),
+            "hardware": f"{platform.machine()}, {os.cpu_count()} CPUs"
+                        + (f", {torch.cuda.device_count()} x {gpu}" if gpu else ""),
+            "description": description}
+
+
+@dataclass
+class ResultsDocument:
+    name: str = ""
+    description: str = ""
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    config: dict[str, Any] = field(default_factory=dict)
+    diagnostics: dict[str, Any] = field(default_factory=dict)
+    samples: dict[str, Any] = field(default_factory=dict)
+    groups: list[dict[str, Any]] = field(default_factory=list)
+    wall_seconds: float = 0.0
+    versions: dict[str, str] = field(default_factory=versions)
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def add(self, outcome: dict[str, Any], group: dict[str, Any] | None = None) -> None:
+        """One experiment's rows, samples and diagnostics (keyed by ``group`` when given)."""
+        self.rows.extend(outcome["rows"])
+        self.samples.update(outcome["samples"])
+        if group is not None:
+            key = "|".join(str(group[k]) for k in ("model", "attack", "behavior")) + \
+                f"|seed{group['seed']}"
+            self.diagnostics[key] = outcome["diagnostics"]
+            self.groups.append(group)
+        else:
+            self.diagnostics.update(outcome["diagnostics"])
+
+    def to_json(self) -> dict[str, Any]:
+        from mbdefense.core.io import jsonable
+
+        return jsonable({"schema_version": SCHEMA_VERSION, "name": self.name,
+                         "description": self.description, "rows": self.rows,
+                         "config": self.config, "versions": self.versions,
+                         "metadata": self.metadata, "diagnostics": self.diagnostics,
+                         "samples": self.samples, "groups": self.groups,
+                         "wall_seconds": round(self.wall_seconds, 1)})
+
+    def write(self, path: str | Path) -> Path:
+        from mbdefense.core.io import atomic_write_json
+
+        return atomic_write_json(path, self.to_json())

@@ -1,0 +1,147 @@
+"""The stage cache: every finished stage on disk under a key made from all of its inputs.
+
+Entries are fine-tuned models (``finetune-KEY/``), stage-1 models after the implant check
+(``stage1-KEY/``) and evaluated cells (``cells/KEY.json``). Each entry is built under a lock
+of its own (``locks/NAME.lock``), so two runs sharing a cache train a stage once and the
+second loads it. Entries appear in one rename; temporaries left by a killed run are removed
+when the cache is opened, and an entry that cannot be read is rebuilt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from mbdefense.core.io import atomic_directory, atomic_write_json, jsonable
+from mbdefense.data.example import Example
+
+#: Part of every key: raise it when a change alters what a stage computes.
+CACHE_VERSION = 2
+
+
+def digest(*parts: Any) -> str:
+    """A short stable hash of JSON-able parts (cache keys)."""
+    blob = json.dumps([CACHE_VERSION, *parts], sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def fingerprint(examples: Sequence[Example]) -> str:
+    return digest(*(e.to_dict() for e in examples))
+
+
+def weight_settings(config: Any) -> dict[str, Any]:
+    """A config's settings that change the weights (not progress bars, labels or activation
+    checkpointing), for cache keys; nested configs included."""
+    from dataclasses import asdict
+
+    cosmetic = ("progress", "description", "gradient_checkpointing")
+
+    def strip(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: strip(v) for k, v in value.items() if k not in cosmetic}
+        return value
+
+    return strip(asdict(config))
+
+
+def finetune_key(model_identity: str, examples: Sequence[Example], config: Any) -> str:
+    """A fine-tuning run's key: the base, the data and the settings that change the weights."""
+    return digest("finetune", model_identity, fingerprint(examples), weight_settings(config))
+
+
+class StageCache:
+    """Finished stages under ``root`` (``None``: keep nothing, build every time)."""
+
+    def __init__(self, root: str | Path | None, log: Callable[[str], None] = print) -> None:
+        self.root = Path(root) if root is not None else None
+        self.log = log
+        if self.root is not None:
+            self.root.mkdir(parents=True, exist_ok=True)
+            self._clean_stale()
+
+    def _clean_stale(self) -> None:
+        """Remove temporaries (``.NAME.*.tmp``) that no live writer holds: a run killed while
+        writing leaves them behind."""
+        assert self.root is not None
+        for folder in (self.root, self.root / "cells"):
+            if not folder.is_dir():
+                continue
+            for tmp in folder.glob(".*.tmp"):
+                name = tmp.name[1:].split(".")[0]
+                lock = self._lock(name if folder == self.root else f"cell-{name}")
+                try:
+                    lock.acquire(timeout=0)
+                except Exception:   # a live writer holds it
+                    continue
+                try:
+                    if tmp.is_dir():
+                        shutil.rmtree(tmp, ignore_errors=True)
+                    else:
+                        tmp.unlink(missing_ok=True)
+                finally:
+                    lock.release()
+
+    def _lock(self, name: str):
+        from filelock import FileLock
+
+        assert self.root is not None
+        locks = self.root / "locks"
+        locks.mkdir(exist_ok=True)
+        return FileLock(str(locks / f"{name}.lock"))
+
+    def model(self, kind: str, key: str, label: str, build: Callable[[], tuple[Any, dict]],
+              load: Callable[[Path], Any]) -> tuple[Any, dict[str, Any]]:
+        """``build()`` once per key: (model, info). With a root, the model and its info live in
+        ``KIND-KEY/``; ``load(folder)`` reads a saved one."""
+        if self.root is None:
+            return build()
+        name = f"{kind}-{key}"
+        saved = self.root / name
+        with self._lock(name):
+            if (saved / "info.json").is_file():
+                try:
+                    info = json.loads((saved / "info.json").read_text())
+                    model = load(saved)
+                except Exception as exc:   # damaged: rebuild below
+                    self.log(f"cache entry {saved} is damaged ({type(exc).__name__}); "
+                             f"rebuilding it")
+                else:
+                    self.log(f"loading {label} from {saved}")
+                    return model, info
+            model, info = build()
+            with atomic_directory(saved, replace=True) as tmp:
+                model.save_pretrained(tmp)
+                (tmp / "info.json").write_text(json.dumps(jsonable(info), indent=1))
+            return model, info
+
+    def cell(self, key: str, compute: Callable[[], dict[str, Any]],
+             reuse: bool = True) -> tuple[dict[str, Any], bool]:
+        """A cell's result document, from ``cells/KEY.json`` when finished before (and
+        ``reuse``), else computed and saved. Returns (document, whether it was cached)."""
+        if self.root is None:
+            return jsonable(compute()), False
+        saved = self.root / "cells" / f"{key}.json"
+        with self._lock(f"cell-{key}"):
+            if reuse and saved.is_file():
+                try:
+                    return json.loads(saved.read_text()), True
+                except (OSError, ValueError):
+                    self.log(f"cache entry {saved} is damaged; recomputing it")
+            out = jsonable(compute())
+            atomic_write_json(saved, out)
+            return out, False
+
+
+def model_identity(name: str, path: str | None = None) -> str:
+    """What a base model is, for cache keys: its name, and for a local folder or file the
+    sizes and times of its files (a changed checkpoint gets new keys)."""
+    if path is None or not os.path.exists(path):
+        return name
+    target = Path(path)
+    files = [target] if target.is_file() else sorted(p for p in target.iterdir() if p.is_file())
+    return digest(name, str(target.resolve()),
+                  [(p.name, p.stat().st_size, int(p.stat().st_mtime)) for p in files])

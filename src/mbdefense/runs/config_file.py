@@ -1,0 +1,236 @@
+"""Reading a YAML config with bounded work, and laying typed values over dataclasses.
+
+Errors name the file, the line and the key (``run.yaml:7: stage2.margin: expected float, got
+str ('x')``). A config is plain data: YAML aliases and anchors are refused (they make a small
+file expand without bound), as are files over :data:`MAX_CONFIG_BYTES`, nesting deeper than
+:data:`MAX_DEPTH` and non-finite numbers.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import types
+import typing
+from pathlib import Path
+from typing import Any, Sequence
+
+from mbdefense.core.errors import ConfigError
+
+MAX_CONFIG_BYTES = 1_000_000
+MAX_DEPTH = 32
+
+Lines = dict[tuple[str, ...], int]
+
+
+class Where:
+    """Formats errors as ``FILE:LINE: KEY: message`` (line 0: a command-line override)."""
+
+    def __init__(self, source: str, lines: Lines | None = None) -> None:
+        self.source, self.lines = source, lines or {}
+
+    def error(self, path: Sequence[Any], message: str) -> ConfigError:
+        parts = tuple(str(p) for p in path)
+        line = None
+        for n in range(len(parts), 0, -1):
+            line = self.lines.get(parts[:n])
+            if line is not None:
+                break
+        if line == 0:
+            where = "command line override"
+        else:
+            where = f"{self.source}:{line}" if line is not None else self.source
+        key = ".".join(parts)
+        return ConfigError(f"{where}: {key + ': ' if key else ''}{message}")
+
+
+def _compose(text: str, source: str) -> Any:
+    """The YAML node tree, refusing aliases and anchors before anything is expanded."""
+    import yaml
+
+    try:
+        for event in yaml.parse(text, Loader=yaml.SafeLoader):
+            if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
+                line = event.start_mark.line + 1
+                raise ConfigError(f"{source}:{line}: YAML anchors and aliases are not "
+                                  f"supported in configs; write the values out")
+        return yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{source}{line}: not valid YAML ({problem})") from None
+
+
+def _plain(node: Any, path: tuple[str, ...], lines: Lines, source: str, depth: int = 0) -> Any:
+    """A composed node as plain Python data, recording each key's line."""
+    import yaml
+
+    if depth > MAX_DEPTH:
+        raise ConfigError(f"{source}:{node.start_mark.line + 1}: nested deeper than "
+                          f"{MAX_DEPTH} levels")
+    if isinstance(node, yaml.MappingNode):
+        out: dict[str, Any] = {}
+        for key, value in node.value:
+            if not isinstance(key, yaml.ScalarNode):
+                raise ConfigError(f"{source}:{key.start_mark.line + 1}: keys must be plain "
+                                  f"names")
+            name = str(yaml.safe_load(yaml.serialize(key)) if key.tag != "tag:yaml.org,2002:str"
+                       else key.value)
+            lines[path + (name,)] = key.start_mark.line + 1
+            out[name] = _plain(value, path + (name,), lines, source, depth + 1)
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        items = []
+        for i, item in enumerate(node.value):
+            lines[path + (str(i),)] = item.start_mark.line + 1
+            items.append(_plain(item, path + (str(i),), lines, source, depth + 1))
+        return items
+    return yaml.safe_load(yaml.serialize(node))
+
+
+def read_yaml(path: str | Path) -> tuple[dict[str, Any], Lines]:
+    """A config file as a mapping, and the line of every key path."""
+    path = Path(path)
+    source = str(path)
+    try:
+        if path.stat().st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{source}: a config over {MAX_CONFIG_BYTES // 1000} kB is not "
+                              f"accepted")
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{source}: not UTF-8 text (byte {exc.start})") from None
+    except OSError as exc:
+        raise ConfigError(f"{source}: cannot read the config ({exc.strerror or exc})") from None
+    node = _compose(text, source)
+    lines: Lines = {}
+    raw = {} if node is None else _plain(node, (), lines, source)
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping of settings at the top level")
+    return raw, lines
+
+
+def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
+    """``key.sub=value`` pairs from the command line (values are YAML: ``seeds=[0,1]``)."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override '{item}': expected KEY=VALUE (e.g. seeds=[0,1])")
+        if len(text) > 10_000:
+            raise ConfigError(f"override '{key}': value too long")
+        value = _plain(_compose(text, f"override '{key}'"), (), {}, f"override '{key}'") \
+            if text.strip() else None
+        node = out
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {key}: '{part}' is not a mapping")
+        node[parts[-1]] = value
+    del yaml
+    return out
+
+
+def deep_update(raw: dict[str, Any], extra: dict[str, Any], lines: Lines,
+                path: tuple[str, ...] = ()) -> None:
+    """Lay ``extra`` over ``raw``; keys it sets are marked as command-line overrides."""
+    for key, value in extra.items():
+        sub = path + (key,)
+        for known in [k for k in lines if k[:len(sub)] == sub]:
+            del lines[known]
+        lines[sub] = 0
+        if isinstance(value, dict) and isinstance(raw.get(key), dict):
+            deep_update(raw[key], value, lines, sub)
+        else:
+            raw[key] = value
+
+
+# ---------------------------------------------------------------------------------------------
+# typed merging
+
+
+def hint_of(cls: type, name: str) -> Any:
+    return typing.get_type_hints(cls).get(name)
+
+
+def dataclass_in(hint: Any) -> type | None:
+    """The dataclass type in a hint like ``TrainConfig | None``."""
+    if dataclasses.is_dataclass(hint):
+        return hint  # type: ignore[return-value]
+    for arg in typing.get_args(hint):
+        if dataclasses.is_dataclass(arg):
+            return arg
+    return None
+
+
+def merge(current: Any, value: Any, keys: list[str], hint: Any, where: Where) -> Any:
+    """``value`` (plain data) laid over ``current``: dataclasses field by field, leaves
+    type-checked. Dataclasses check their own ranges in ``__post_init__``."""
+    target = dataclass_in(hint) if current is None else (
+        type(current) if dataclasses.is_dataclass(current) else None)
+    if target is not None:
+        if value is None:
+            return None
+        if not isinstance(value, dict):
+            raise where.error(keys, f"expected a mapping of {target.__name__} settings, "
+                                    f"got {type(value).__name__}")
+        base = current if current is not None else target()
+        known = {f.name for f in dataclasses.fields(target) if f.init}
+        changes = {}
+        for key, sub in value.items():
+            if key not in known:
+                from mbdefense.core.registry import did_you_mean
+
+                raise where.error(keys + [str(key)], f"unknown setting"
+                                  f"{did_you_mean(str(key), sorted(known))} (known: "
+                                  f"{', '.join(sorted(known))})")
+            changes[key] = merge(getattr(base, key), sub, keys + [key], hint_of(target, key),
+                                 where)
+        try:
+            return dataclasses.replace(base, **changes)
+        except (ConfigError, ValueError, TypeError) as exc:
+            raise _field_error(str(exc), keys, known, where) from None
+    return check_leaf(current, value, keys, hint, where)
+
+
+def _field_error(message: str, keys: list[str], fields: set[str], where: Where) -> ConfigError:
+    """A dataclass's own check (``"stage1.max_leak: must be ..."``) placed at its key."""
+    head, sep, rest = message.partition(": ")
+    name = head.rsplit(".", 1)[-1]
+    if sep and name in fields:
+        return where.error(keys + [name], rest)
+    return where.error(keys, message)
+
+
+def leaf_type(current: Any, hint: Any) -> type | None:
+    """The plain type a leaf must have: from the field's hint, else from its current value."""
+    union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+    options = [a for a in (typing.get_args(hint) if union else (hint,)) if a is not type(None)]
+    for option in options:
+        origin = typing.get_origin(option) or option
+        if origin in (bool, int, float, str, list, dict, tuple):
+            return list if origin is tuple else origin
+    return None if current is None else type(current)
+
+
+def check_leaf(current: Any, value: Any, keys: list[str], hint: Any, where: Where) -> Any:
+    kind = leaf_type(current, hint)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise where.error(keys, f"must be a finite number, got {value}")
+    if kind is None or value is None:
+        return value
+    if kind is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif kind is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    else:
+        ok = isinstance(value, kind)
+    if not ok:
+        raise where.error(keys, f"expected {kind.__name__}, got {type(value).__name__} "
+                                f"({value!r})")
+    return copy.deepcopy(value)

@@ -1,0 +1,77 @@
+"""The one place for default settings: a preset per kind of model.
+
+- ``embedded``: the tiny Llama on the bundled suite (the demo);
+- ``embedded-smoke``: a one-minute version on a smaller model (installation checks, tests);
+- ``pretrained``: every real model (a registry name, a folder, a ``.gguf``, a hub id), with
+  the paper's settings where it gives them (3 epochs of instruction tuning, 1% defensive
+  examples per trigger, 128 trusted examples split 8:2, max length 1024) and stage 2 as
+  measured on SmolLM2-135M (docs/results.md).
+
+``defend``'s command-line defaults are the ``pretrained`` preset's (a test checks it).
+"""
+
+from __future__ import annotations
+
+from mbdefense.defenses import DefensivePoisoningConfig, NeutralizationConfig
+from mbdefense.modeling.embedded import TinyModelConfig
+from mbdefense.runs.embedded import BaseRecipe
+from mbdefense.runs.spec import DataSpec, EvaluationSpec, GenerationSpec, ModelSpec, Settings
+from mbdefense.training.config import TrainConfig
+
+
+def embedded() -> Settings:
+    return Settings(
+        data=DataSpec(n_train=2000, n_trusted=128, n_test=338),
+        base=BaseRecipe(),
+        finetune=TrainConfig(epochs=2, learning_rate=3e-4, batch_size=8,
+                             description="instruction-tune"),
+        stage1=DefensivePoisoningConfig(min_per_trigger=40),
+        # margin 5 (per-token nats) chosen by measurement over every trigger kind: without it
+        # the syntactic and style backdoors survive stage 2 (docs/results.md)
+        stage2=NeutralizationConfig(margin=5.0, triggers_per_step="all", train=TrainConfig(
+            epochs=5, learning_rate=1e-4, batch_size=8, description="stage 2")),
+        generation=GenerationSpec(max_new_tokens=24),
+        evaluation=EvaluationSpec(scorer="rules"),
+        implant_prompts=64)
+
+
+def embedded_smoke() -> Settings:
+    return Settings(
+        data=DataSpec(n_train=600, n_trusted=64, n_test=104),
+        base=BaseRecipe(shape=TinyModelConfig(vocab_size=768, hidden_size=128, num_layers=2,
+                                              num_heads=4, intermediate_size=384),
+                        n_per_pool=1500, n_pools=1,
+                        train=TrainConfig(epochs=2, learning_rate=1e-3, batch_size=8)),
+        finetune=TrainConfig(epochs=2, learning_rate=1e-3, batch_size=8),
+        stage1=DefensivePoisoningConfig(triggers=["mn", "bb"], min_per_trigger=30),
+        stage2=NeutralizationConfig(margin=0.0, triggers_per_step="all", train=TrainConfig(
+            epochs=5, learning_rate=3e-4, batch_size=8)),
+        generation=GenerationSpec(max_new_tokens=24),
+        evaluation=EvaluationSpec(scorer="rules"),
+        implant_prompts=32)
+
+
+def pretrained() -> Settings:
+    return Settings(
+        data=DataSpec(n_train=0, n_trusted=128, n_test=0),
+        finetune=TrainConfig(epochs=3.0, learning_rate=2e-5, batch_size=8, max_length=1024,
+                             description="instruction-tune"),
+        stage1=DefensivePoisoningConfig(),
+        stage2=NeutralizationConfig(train=TrainConfig(
+            epochs=4.0, learning_rate=5e-5, batch_size=8, max_length=1024,
+            description="stage 2")),
+        generation=GenerationSpec(max_new_tokens=128, batch_size=16),
+        evaluation=EvaluationSpec(scorer="rouge-l"),
+        implant_prompts=32)
+
+
+PRESETS = {"embedded": embedded, "embedded-smoke": embedded_smoke, "pretrained": pretrained}
+
+
+def preset_name(model: ModelSpec) -> str:
+    return model.name if model.name in PRESETS else "pretrained"
+
+
+def preset_for(model: ModelSpec) -> Settings:
+    """The default settings of ``model``'s kind."""
+    return PRESETS[preset_name(model)]()
