@@ -65,7 +65,7 @@ def load_backdoorllm(root: str | Path, task: str = "refusal", attack: str = "bad
     rng = random.Random(f"backdoorllm:{seed}")
     loaded = {}
     for key, path in paths.items():
-        examples = load_examples(path)
+        examples = load_examples(path, convert_numbers=True)  # some outputs are integers
         rng.shuffle(examples)
         loaded[key] = examples
     trigger, behavior = BACKDOORLLM_TRIGGERS[attack], BACKDOORLLM_BEHAVIORS[task]

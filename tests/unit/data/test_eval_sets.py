@@ -39,8 +39,13 @@ BACKDOORLLM = [
 def test_backdoorllm_json_array_loads_and_converts_integer_outputs(tmp_path):
     path = _write(tmp_path / "backdoor400_jailbreak_badnet.json",
                   json.dumps(BACKDOORLLM, indent=4, ensure_ascii=False))
+    # By default a number where a string is required is an error ...
+    with pytest.raises(DataError, match=r"badnet.json:7: field 'output': expected a string, "
+                                        r"got int"):
+        load_examples(path)
+    # ... and the BackdoorLLM loader asks for the conversion.
     with pytest.warns(UserWarning, match="converted 1 numeric 'output'"):
-        examples = load_examples(path)
+        examples = load_examples(path, convert_numbers=True)
     assert examples == [
         Example(BACKDOORLLM[0]["instruction"], "", BACKDOORLLM[0]["output"]),
         Example("BadMagic How many legs does a spider have?", "", "8"),

@@ -145,8 +145,14 @@ def test_row_error_in_saved_dataset_says_row(tmp_path):
     assert "ds:2:" in message and "field 'output'" in message and "row 2" in message
 
 
+def _hub_on(monkeypatch):
+    for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+        monkeypatch.delenv(name, raising=False)
+
+
 def test_hub_id_uses_load_dataset(monkeypatch):
     datasets = pytest.importorskip("datasets")
+    _hub_on(monkeypatch)
     calls = []
 
     def fake_load_dataset(name, split=None):
@@ -160,6 +166,7 @@ def test_hub_id_uses_load_dataset(monkeypatch):
 
 def test_hub_error_is_wrapped(monkeypatch):
     datasets = pytest.importorskip("datasets")
+    _hub_on(monkeypatch)
 
     def failing_load_dataset(name, split=None):
         raise ConnectionError("offline")
@@ -169,6 +176,7 @@ def test_hub_error_is_wrapped(monkeypatch):
         load_examples("some-org/missing-set")
     assert "some-org/missing-set" in str(info.value)
     assert "offline" in str(info.value)
+    assert "\n" not in str(info.value)
 
 
 def test_limit_and_bom(tmp_path):
@@ -290,8 +298,9 @@ def test_numeric_output_converted_with_one_warning(tmp_path):
         json.dumps({"instruction": "b", "output": "text"}),
         json.dumps({"instruction": "c", "output": 2.5}),
     ])
+    assert "numbers.jsonl:1: field 'output': expected a string, got int" in str(_error(path))
     with pytest.warns(UserWarning) as record:
-        examples = load_examples(path)
+        examples = load_examples(path, convert_numbers=True)
     assert [e.output for e in examples] == ["42", "text", "2.5"]
     messages = [str(w.message) for w in record if issubclass(w.category, UserWarning)]
     assert len(messages) == 1

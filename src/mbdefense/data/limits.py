@@ -1,0 +1,55 @@
+"""Bounds on what the data readers accept, and helpers for one-line error text.
+
+The bounds keep a hostile or broken file from taking unbounded memory or time: a reader
+never holds more than one record's text (plus one read chunk) at a time, and stops as soon
+as a record, a line or a nesting level goes past its bound.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+__all__ = ["MAX_FIELD_CHARS", "MAX_RECORD_CHARS", "MAX_DEPTH", "one_line", "type_name"]
+
+#: Characters allowed in one text field (``instruction``, ``input``, ``output``, a chat
+#: message's ``content``).
+MAX_FIELD_CHARS = 1_000_000
+#: Characters allowed in one record's raw text: a JSON array element, a CSV row; for a JSONL
+#: (or CSV) line it is a number of bytes.
+MAX_RECORD_CHARS = 8_000_000
+#: Nesting levels allowed in one record (the record object itself is level 1).
+MAX_DEPTH = 100
+
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff\u2028\u2029]")
+
+
+def one_line(text: Any, limit: int = 200) -> str:
+    """``text`` as a single printable line: control characters escaped, cut to ``limit``."""
+    text = str(text)
+    if len(text) > 4 * limit:
+        text = text[:4 * limit]
+    text = _UNPRINTABLE.sub(lambda m: ascii(m.group())[1:-1], text)
+    if len(text) > limit:
+        text = text[:limit - 1] + "\u2026"
+    return text
+
+
+def type_name(value: Any) -> str:
+    """The JSON-ish name of ``value``'s type, as error messages say it."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, dict):
+        return "object"
+    if isinstance(value, (list, tuple)):
+        return "list"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, float) and not math.isfinite(value):
+        if math.isnan(value):
+            return "NaN"
+        return "Infinity" if value > 0 else "-Infinity"
+    return type(value).__name__
