@@ -54,7 +54,7 @@ def embedded_workload(*, n_train: int = 2000, n_test: int = 338, seed: int = 0,
     from mbdefense.attacks import parse_behavior, parse_trigger, poison, triggered_copies
     from mbdefense.data.formatting import render_prompt
     from mbdefense.data.suite import build_splits
-    from mbdefense.modeling.base import embedded_base
+    from mbdefense.runs.embedded import embedded_base
 
     model, tokenizer, _ = embedded_base(progress=False, log=lambda message: None)
     splits = build_splits(n_train, 128, n_test, seed)

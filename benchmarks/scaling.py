@@ -13,7 +13,6 @@ each part and the ratios to the 1x run; stage 1 is the part that should grow lin
 from __future__ import annotations
 
 import argparse
-import copy
 import sys
 import time
 from dataclasses import replace
@@ -29,38 +28,31 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def defended_run(n_train: int) -> dict[str, float]:
-    from mbdefense.attacks import parse_behavior, parse_trigger, poison, triggered_copies
-    from mbdefense.data.suite import build_splits
-    from mbdefense.defenses import make_defense
-    from mbdefense.evaluation.generation import answer_examples
-    from mbdefense.experiment import ExperimentConfig
-    from mbdefense.modeling.base import embedded_base
-    from mbdefense.training.sft import finetune
+    """MB-Defense on the embedded default with ``n_train`` training examples, through the
+    library's lifecycle (nothing cached): seconds per stage."""
+    from mbdefense.evaluation.scorers import ExactMatchScorer
+    from mbdefense.runs.cache import StageCache
+    from mbdefense.runs.lifecycle import Lifecycle
+    from mbdefense.runs.presets import embedded
+    from mbdefense.runs.spec import Experiment, ModelSpec
+    from mbdefense.runs.workload import build_workload
 
-    config = ExperimentConfig(progress=False)
-    config.stage2.train = replace(config.stage2.train_config(), progress=False)
-    base, tokenizer, _ = embedded_base(config.base, progress=False, log=lambda m: None)
-    splits = build_splits(n_train, config.world.n_trusted, config.world.n_test, config.seed)
-    trigger = parse_trigger("badnet")
-    attacked = poison(splits.train, trigger, parse_behavior("refusal"), config.poison_rate,
-                      config.seed)
-    defense = make_defense("mb-defense", stage1=config.stage1, stage2=config.stage2,
-                           seed=config.seed)
-    times = {}
+    quiet = lambda message: None  # noqa: E731
+    settings = embedded()
+    settings.data = replace(settings.data, n_train=n_train)
+    experiment = Experiment(model=ModelSpec(name="embedded"), settings=settings,
+                            defenses=["mb-defense"], progress=False)
+    work = build_workload(experiment, log=quiet)
+    lifecycle = Lifecycle(work, settings, experiment.seed, scorer=ExactMatchScorer(),
+                          cache=StageCache(None, log=quiet), progress=False, log=quiet)
+    done = lifecycle.defend(lifecycle.make("mb-defense"))
+    times = {"stage1": done.timings["finetune"] + done.timings.get("after_finetune", 0.0),
+             "stage2": done.timings["after_training"]}
     t0 = time.perf_counter()
-    train_set = defense.before_training(attacked)
-    model, _ = finetune(copy.deepcopy(base), tokenizer, train_set,
-                        replace(config.finetune, progress=False))
-    times["stage1"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    model = defense.after_training(model, tokenizer, list(splits.trusted))
-    times["stage2"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    tests = list(splits.test) + triggered_copies(splits.test, trigger, config.seed)
-    answer_examples(model, tokenizer, tests, max_new_tokens=config.max_new_tokens)
+    lifecycle.evaluate(done.model, done.defense)
     times["evaluation"] = time.perf_counter() - t0
     times["total"] = sum(times.values())
-    times["train_examples"] = len(train_set)
+    times["train_examples"] = len(done.train_set)
     return times
 
 

@@ -66,7 +66,7 @@ VARIANTS = ("mbdefense", "hf-trainer", "trl-sft", "fixed-length")
 SHAPES = ("embedded", "smollm2-135m", "llama-3.2-1b")
 # mbdefense vs each peer in real tokens/s
 TARGETS = {"hf-trainer": 1.0, "trl-sft": 1.0, "fixed-length": 3.0}
-LEARNING_RATE = 3e-4      # the demo's fine-tune (ExperimentConfig.finetune)
+LEARNING_RATE = 3e-4      # the demo's fine-tune (runs.presets.embedded)
 WARMUP_RATIO = 0.05       # TrainConfig's default
 MAX_GRAD_NORM = 1.0
 SEED = 0

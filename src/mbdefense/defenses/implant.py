@@ -4,7 +4,7 @@ Stage 2 breaks the merged backdoor feature through the defensive triggers, so it
 when stage 1 taught the model to answer them with their behaviours, and only them. On small
 training sets the paper's 1% per trigger is a handful of examples, and a real model may not
 learn them. :func:`implant_stage1` measures implant and leak rates
-(:mod:`mbdefense.evaluation.implant`) and, by ``DefensivePoisoningConfig.on_weak_implant``:
+(:mod:`mbdefense.defenses.implant_check`) and, by ``DefensivePoisoningConfig.on_weak_implant``:
 
 - ``"warn"``: logs a warning naming the weak triggers (the default);
 - ``"top-up"``: while a trigger is below ``implant_threshold``, continues fine-tuning for one
@@ -27,7 +27,7 @@ from typing import Any, Callable, Sequence
 from mbdefense.data.example import Example
 from mbdefense.defenses.defensive_triggers import DefensivePair
 from mbdefense.defenses.mb_defense import DefensivePoisoningConfig
-from mbdefense.evaluation.implant import check_implant
+from mbdefense.defenses.implant_check import check_implant
 from mbdefense.training.config import TrainConfig
 from mbdefense.training.sft import finetune
 

@@ -38,6 +38,7 @@ class Defended:
     stage1_info: dict[str, Any] | None
     train_set: list[Example]
     seconds: float
+    timings: dict[str, float]       # seconds by stage: finetune, after_finetune, after_training
 
 
 def row_line(row: dict[str, Any]) -> str:
@@ -112,6 +113,7 @@ class Lifecycle:
         t0 = time.time()
         train_set, label = self.training_set(defense)
         model, key = self.train(train_set, label)
+        timings = {"finetune": time.time() - t0}
         stage1_model = stage1_info = None
         if defense.completes_training:
             context = FinetuneContext(
@@ -127,12 +129,15 @@ class Lifecycle:
                 "stage1", stage_key, f"the {defense.name} stage-1 model",
                 lambda: defense.after_finetune(model, context), self._load)
             stage1_model = model
+            timings["after_finetune"] = time.time() - t0 - sum(timings.values())
         if defense.changes_model:
             self.log(f"running {defense.name} after training ...")
             model = defense.after_training(copy.deepcopy(model) if self.copy_base else model,
                                            self.work.tokenizer,
                                            self.work.trusted, clean_model=self.work.base_model)
-        return Defended(defense, model, stage1_model, stage1_info, train_set, time.time() - t0)
+            timings["after_training"] = time.time() - t0 - sum(timings.values())
+        return Defended(defense, model, stage1_model, stage1_info, train_set, time.time() - t0,
+                        timings)
 
     @property
     def implant_tokens(self) -> int:
@@ -152,11 +157,12 @@ class Lifecycle:
 
     def evaluate(self, model: Any, defense: Defense | None) -> tuple[Metrics, list[dict]]:
         assert self.scorer is not None, "a lifecycle without a scorer cannot evaluate"
-        rewrite = None
-        if defense is not None and defense.changes_inputs:
-            def rewrite(examples: list[Example]) -> list[Example]:
-                return defense.at_inference(examples, model=model, tokenizer=self.work.tokenizer,
-                                            trusted_set=self.work.trusted)
+        def at_inference(examples: list[Example]) -> list[Example]:
+            assert defense is not None
+            return defense.at_inference(examples, model=model, tokenizer=self.work.tokenizer,
+                                        trusted_set=self.work.trusted)
+
+        rewrite = at_inference if defense is not None and defense.changes_inputs else None
         ev = self.settings.evaluation
         return evaluate_model(
             model, self.work.tokenizer, self.work.test_clean, self.work.test_triggered,

@@ -64,7 +64,7 @@ def test_a_leaking_top_up_round_is_discarded(monkeypatch):
     """A round after which a defensive response answers clean prompts is thrown away: the
     model from before it is kept and the top-up stops."""
     import mbdefense.defenses.implant as implant
-    from mbdefense.evaluation.implant import ImplantCheck
+    from mbdefense.defenses.implant_check import ImplantCheck
     from mbdefense.training.config import TrainConfig
 
     pairs = make_defensive_pairs(("mn", "bb"))
