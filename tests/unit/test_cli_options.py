@@ -1,0 +1,44 @@
+"""The command line's options come from the settings dataclasses: one place for each default."""
+
+import pytest
+
+from mbdefense.cli import build_parser, main
+from mbdefense.runs.defend import DEFEND_OPTIONS, get_path, preset_settings, settings_with
+from mbdefense.runs.spec import ModelSpec
+
+
+def subparser(name):
+    parser = build_parser()
+    action = next(a for a in parser._actions if a.dest == "command")
+    return action.choices[name]
+
+
+def test_defend_options_show_the_preset_defaults_and_reach_the_settings():
+    preset = preset_settings(ModelSpec(name="pretrained"))
+    defend = subparser("defend")
+    helps = {a.option_strings[0]: a.help for a in defend._actions if a.option_strings}
+    for flag, paths, _ in DEFEND_OPTIONS:
+        default = get_path(preset, paths[0])
+        assert f"default: {default}" in helps[flag], flag
+        for path in paths:      # every path an option sets exists and takes the value
+            changed = settings_with(preset_settings(ModelSpec(name="x")), {path: default})
+            assert get_path(changed, path) == default
+
+
+def test_every_subcommand_has_an_example_and_shows_defaults(capsys):
+    for name in ("demo", "poison", "defend", "eval", "run", "report", "analyze"):
+        with pytest.raises(SystemExit):
+            main([name, "--help"])
+        text = capsys.readouterr().out
+        assert "example:" in text and f"mbdefense {name}" in text, name
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert capsys.readouterr().out.startswith("mbdefense ")
+
+
+def test_a_bad_option_value_is_one_line_naming_the_setting(tmp_path, capsys):
+    code = main(["defend", "--model", "embedded", "--data", "x.json", "--trusted", "y.json",
+                 "--out", str(tmp_path / "o"), "--lr", "-1"])
+    err = capsys.readouterr().err
+    assert code == 2 and "finetune.learning_rate: must be > 0" in err
+    assert err.count("\n") == 1 and not (tmp_path / "o").exists()
