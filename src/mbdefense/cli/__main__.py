@@ -1,0 +1,7 @@
+"""``python -m mbdefense.cli``."""
+
+import sys
+
+from mbdefense.cli import main
+
+sys.exit(main())
