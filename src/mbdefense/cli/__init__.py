@@ -41,8 +41,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"mbdefense: error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:   # the file system's errors are the user's to fix: one line
-        if isinstance(exc, BrokenPipeError):
-            sys.stderr.close()
+        if isinstance(exc, BrokenPipeError):   # `| head`: the reader left; say nothing more
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             return 0
         where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
         print(f"mbdefense: error: {where}{exc.strerror or exc}", file=sys.stderr)

@@ -32,14 +32,6 @@ from mbdefense.training.config import TrainConfig
 from mbdefense.training.sft import finetune
 
 
-def implants(defense: Any) -> bool:  # noqa: kept for callers of the old name
-    """Whether a defense trains the defender's trigger-behaviour pairs into the model (MB-Defense
-    stage 1): its stage-1 model is checked for the implant (and topped up) before stage 2."""
-    from mbdefense.defenses.mb_defense import MBDefense
-
-    return isinstance(defense, MBDefense) and defense.changes_training_data
-
-
 def top_up_set(train_set: Sequence[Example], pairs: Sequence[DefensivePair], per_trigger: int,
                seed: int, replay: float = 1.0) -> list[Example]:
     """``per_trigger`` defensive examples for each pair, each with its untriggered original

@@ -23,7 +23,6 @@ from mbdefense.runs.embedded import BaseRecipe
 from mbdefense.training.config import LoraSettings, TrainConfig
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
-SCORER_NAMES = ("rules", "rouge-l", "judge")
 
 
 def _positive(owner: str, name: str, value: float, *, zero_ok: bool = False) -> None:
@@ -136,12 +135,12 @@ class EvaluationSpec:
     stage1_rows: bool = False            # a row for MB-Defense's stage-1 model too
 
     def __post_init__(self) -> None:
-        if self.scorer not in SCORER_NAMES:
-            from mbdefense.core.registry import did_you_mean
+        from mbdefense.evaluation.scorers import SCORERS
 
-            raise ConfigError(f"evaluation.scorer: unknown '{self.scorer}'"
-                              f"{did_you_mean(self.scorer, SCORER_NAMES)} (known: "
-                              f"{', '.join(SCORER_NAMES)})")
+        try:
+            self.scorer = SCORERS.canonical(self.scorer)
+        except ConfigError as exc:
+            raise ConfigError(f"evaluation.scorer: {exc}") from None
         if not 0.0 < self.rouge_threshold <= 1.0:
             raise ConfigError(f"evaluation.rouge_threshold: must be in (0, 1], got "
                               f"{self.rouge_threshold}")

@@ -101,7 +101,7 @@ def test_overrides_reach_every_cell(tmp_path):
     ("defense_options:\n  p2p: {rate: 0.1}\n", "options for 'p2p', which is not in defenses"),
     ("stage1:\n  on_weak_implant: never\n", "grid.yaml:2: stage1.on_weak_implant: unknown"),
     ("behaviors: [jailbreak]\n", "jailbreak needs harmful requests"),
-    ("evaluation:\n  scorer: bleu\n", "evaluation.scorer: unknown 'bleu'"),
+    ("evaluation:\n  scorer: bleu\n", "evaluation.scorer: unknown scorer 'bleu'"),
     ("evaluation:\n  scorer: rouge\n", "did you mean 'rouge-l'"),
     ("generation:\n  backend: beam\n", "grid.yaml:1: generation"),
     ("attacks: [badnet\n", "grid.yaml:2: not valid YAML"),
