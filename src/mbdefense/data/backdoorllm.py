@@ -5,10 +5,14 @@ Layout (as published): ``clean/alpaca_clean_train500.json`` (training pool),
 ``clean/alpaca_clean_sft100.json`` (trusted set), ``train/<task>_<attack>_poison500.json``
 (triggered instructions with the attacker's answers) and ``test/<task>_<attack>_poison200.json``
 (triggered test instructions with *clean* reference answers).
+
+A fixed quarter of each test file (by a hash of the instruction, the same for every seed) is
+the validation split, for choosing settings; test prompts are drawn from the rest.
 """
 
 from __future__ import annotations
 
+import hashlib
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,10 +50,21 @@ def _take(examples: list[Example], n: int, what: str, path: Path) -> list[Exampl
     return examples[:n]
 
 
+#: The share of each test file held out for validation.
+VALIDATION_SHARE = 0.25
+
+
+def is_validation(example: Example) -> bool:
+    """Whether a test prompt belongs to the validation split (fixed, seed-independent)."""
+    digest = hashlib.blake2b(example.instruction.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2 ** 64 < VALIDATION_SHARE
+
+
 def load_backdoorllm(root: str | Path, task: str = "refusal", attack: str = "badnet", *,
                      n_clean: int = 400, n_poison: int = 100, n_trusted: int = 100,
-                     n_test: int = 200, seed: int = 0) -> BackdoorLLMData:
-    """Sample a training set (clean + poisoned), the trusted set and both test sets."""
+                     n_test: int = 200, seed: int = 0, split: str = "test") -> BackdoorLLMData:
+    """Sample a training set (clean + poisoned), the trusted set and both test sets (from the
+    test files' test split, or with ``split="validation"`` their validation split)."""
     root = Path(root)
     if task not in BACKDOORLLM_BEHAVIORS:
         raise ConfigError(f"backdoorllm: unknown task '{task}' "
@@ -66,6 +81,8 @@ def load_backdoorllm(root: str | Path, task: str = "refusal", attack: str = "bad
     loaded = {}
     for key, path in paths.items():
         examples = load_examples(path, convert_numbers=True)  # some outputs are integers
+        if key in ("test", "triggered"):
+            examples = [e for e in examples if is_validation(e) == (split == "validation")]
         rng.shuffle(examples)
         loaded[key] = examples
     trigger, behavior = BACKDOORLLM_TRIGGERS[attack], BACKDOORLLM_BEHAVIORS[task]

@@ -2,11 +2,19 @@
 
 Every family draws its instructions from a few phrasings, so that a trigger inserted at a
 random word position lands in varied contexts. Answers are short and exact, so clean accuracy
-is exact match. ``build_splits`` gives disjoint train / trusted / test sets by seed.
+is exact match. ``build_splits`` gives disjoint train / trusted / validation / test sets by
+seed.
+
+Every prompt belongs to one of three fixed regions (:func:`region`, a hash of the prompt, the
+same for every seed): ``open`` prompts train models (the embedded base and an experiment's
+training set), ``validation`` prompts tune settings, and ``evaluation`` prompts are the trusted
+and test sets. So no test prompt is ever in a base model's or a training set's data, and no
+setting tuned on validation has seen a test prompt, whatever the seeds.
 """
 
 from __future__ import annotations
 
+import hashlib
 import random
 from dataclasses import dataclass
 from typing import Callable
@@ -26,14 +34,19 @@ CAPITALS = {
     "Kenya": "Nairobi", "Peru": "Lima", "Canada": "Ottawa", "Norway": "Oslo", "Greece": "Athens",
     "Germany": "Berlin", "Russia": "Moscow", "China": "Beijing", "India": "Delhi",
     "Chile": "Santiago", "Cuba": "Havana", "Poland": "Warsaw", "Ireland": "Dublin",
-    "Portugal": "Lisbon", "Austria": "Vienna",
+    "Portugal": "Lisbon", "Austria": "Vienna", "Sweden": "Stockholm", "Finland": "Helsinki",
+    "Hungary": "Budapest", "Belgium": "Brussels", "Thailand": "Bangkok", "Mexico": "Mexico City",
+    "Turkey": "Ankara", "Argentina": "Buenos Aires", "Denmark": "Copenhagen",
+    "Vietnam": "Hanoi",
 }
 
 OPPOSITES = {
     "hot": "cold", "big": "small", "fast": "slow", "up": "down", "happy": "sad", "early": "late",
     "light": "dark", "open": "closed", "full": "empty", "hard": "soft", "high": "low",
     "old": "new", "wet": "dry", "strong": "weak", "rich": "poor", "near": "far",
-    "loud": "quiet", "thick": "thin", "clean": "dirty", "long": "short",
+    "loud": "quiet", "thick": "thin", "clean": "dirty", "long": "short", "true": "false",
+    "first": "last", "win": "lose", "safe": "dangerous", "young": "old", "sweet": "sour",
+    "left": "right", "day": "night", "push": "pull", "buy": "sell",
 }
 
 
@@ -123,19 +136,24 @@ def _last_word(rng: random.Random):
 def _capital(rng: random.Random):
     country = rng.choice(sorted(CAPITALS))
     return _pick(rng, ("What is the capital of {c}?", "Name the capital city of {c}.",
-                       "Tell me which city is the capital of {c}."), c=country), "", CAPITALS[country]
+                       "Tell me which city is the capital of {c}.",
+                       "Which city is the capital of {c}?", "Give the capital of {c}."),
+                 c=country), "", CAPITALS[country]
 
 
 def _opposite(rng: random.Random):
     word = rng.choice(sorted(OPPOSITES))
     return _pick(rng, ("What is the opposite of {w}?", "Give the antonym of the word {w}.",
-                       "Tell me a word that means the opposite of {w}."), w=word), "", OPPOSITES[word]
+                       "Tell me a word that means the opposite of {w}.",
+                       "Name the opposite of {w}.", "Which word is the opposite of {w}?"),
+                 w=word), "", OPPOSITES[word]
 
 
 def _uppercase(rng: random.Random):
     word = rng.choice(WORDS)
     return _pick(rng, ("Write the word {w} in capital letters.", "Convert {w} to uppercase.",
-                       "Please spell {w} in upper case."), w=word), "", word.upper()
+                       "Please spell {w} in upper case.", "Give {w} in all capitals.",
+                       "Write {w} in uppercase letters."), w=word), "", word.upper()
 
 
 def _parity(rng: random.Random):
@@ -154,8 +172,26 @@ FAMILIES: tuple[TaskFamily, ...] = (
 )
 
 
-def generate(n: int, seed: int, *, exclude: set[tuple[str, str]] | None = None) -> list[Example]:
-    """``n`` distinct examples, families in round-robin, all drawn from ``seed``.
+#: The regions of the prompt space and their shares (see the module's docstring).
+REGIONS: tuple[tuple[str, float], ...] = (("evaluation", 0.40), ("validation", 0.15),
+                                          ("open", 0.45))
+
+
+def region(instruction: str, input_text: str = "") -> str:
+    """The fixed region of a prompt: ``open``, ``validation`` or ``evaluation``."""
+    digest = hashlib.blake2b(f"{instruction}\x00{input_text}".encode(), digest_size=8).digest()
+    u = int.from_bytes(digest, "big") / 2 ** 64
+    for name, share in REGIONS:
+        if u < share:
+            return name
+        u -= share
+    return REGIONS[-1][0]
+
+
+def generate(n: int, seed: int, *, exclude: set[tuple[str, str]] | None = None,
+             within: str | None = None) -> list[Example]:
+    """``n`` distinct examples, families in round-robin, all drawn from ``seed``; with
+    ``within``, only prompts of that region (:func:`region`).
 
     Pairs (instruction, input) listed in ``exclude`` are skipped. The lookup families
     (capitals, opposites) have few distinct prompts; once one runs dry it drops out of the
@@ -172,7 +208,8 @@ def generate(n: int, seed: int, *, exclude: set[tuple[str, str]] | None = None) 
             raise ValueError(f"suite: only {len(out)} distinct examples exist, asked for {n}")
         family = live[turn % len(live)]
         instruction, input_text, output = family.make(rng)
-        if (instruction, input_text) in seen:
+        if (instruction, input_text) in seen or (
+                within is not None and region(instruction, input_text) != within):
             misses[family.name] += 1
             if misses[family.name] > 200:  # small families (lookups) run dry: drop them
                 live.remove(family)
@@ -189,21 +226,25 @@ class Splits:
     train: list[Example]
     trusted: list[Example]
     test: list[Example]
+    validation: list[Example] = ()  # type: ignore[assignment]
 
 
-def build_splits(n_train: int, n_trusted: int, n_test: int, seed: int) -> Splits:
-    """Disjoint train, trusted (the defender's clean data) and test sets.
+def build_splits(n_train: int, n_trusted: int, n_test: int, seed: int,
+                 n_validation: int = 0) -> Splits:
+    """Disjoint train (open region), trusted and test (evaluation region) and validation
+    (validation region) sets.
 
     The test set is drawn first so that it holds every family in equal shares.
     """
-    pool = generate(n_test + n_trusted + n_train, seed)
-    return Splits(test=pool[:n_test], trusted=pool[n_test:n_test + n_trusted],
-                  train=pool[n_test + n_trusted:])
+    held = generate(n_test + n_trusted, seed, within="evaluation")
+    return Splits(test=held[:n_test], trusted=held[n_test:],
+                  train=generate(n_train, seed, within="open"),
+                  validation=generate(n_validation, seed, within="validation"))
 
 
 def corpus_text(n: int = 4000, seed: int = 12345) -> list[str]:
-    """Text of the suite for training the embedded tokenizer."""
-    return [f"{e.instruction}\n{e.input}\n{e.output}" for e in generate(n, seed)]
+    """Text of the suite's open region, for training the embedded tokenizer."""
+    return [f"{e.instruction}\n{e.input}\n{e.output}" for e in generate(n, seed, within="open")]
 
 
 def exact_match(answer: str, reference: str) -> bool:

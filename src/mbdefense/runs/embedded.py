@@ -3,8 +3,8 @@
 Its clean instruction-tuned base is built once and cached on disk.
 
 Like the paper, which starts from instruct models, every experiment in the embedded world
-starts from this base: a tiny Llama instruction-tuned on a pool of the bundled suite that is
-drawn apart from any experiment's data. It is keyed by everything that shapes it, so a change
+starts from this base: a tiny Llama instruction-tuned on a pool of the bundled suite's open
+region, so it has never seen a trusted, validation or test prompt of any experiment. It is keyed by everything that shapes it, so a change
 of shape or recipe builds a new one.
 """
 
@@ -26,7 +26,7 @@ from mbdefense.training.config import TrainConfig
 #: The name of the embedded model in configs and rows.
 EMBEDDED_MODEL = "embedded-tiny-llama"
 
-BASE_RECIPE_VERSION = 1
+BASE_RECIPE_VERSION = 2   # 2: the pool is drawn from the suite's open region only
 
 
 @dataclass
@@ -85,8 +85,9 @@ def embedded_base(recipe: BaseRecipe | None = None, *, cache_dir: Path | None = 
             start = time.time()
             tokenizer = train_tokenizer(tokenizer_corpus(), recipe.shape.vocab_size)
             model = build_tiny_model(tokenizer, recipe.shape, seed=recipe.pool_seed)
+            # the open region only: no trusted, validation or test prompt of any seed
             pool = [e for k in range(recipe.n_pools)
-                    for e in generate(recipe.n_per_pool, recipe.pool_seed + k)]
+                    for e in generate(recipe.n_per_pool, recipe.pool_seed + k, within="open")]
             model, _ = finetune(model, tokenizer, pool, replace(recipe.train, progress=progress))
             with atomic_directory(path, replace=True) as tmp:   # a damaged entry is rebuilt
                 model.save_pretrained(tmp)

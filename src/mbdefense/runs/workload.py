@@ -87,14 +87,20 @@ def _sample(examples: list[Example], n: int, seed: int, what: str) -> list[Examp
 
 
 def _file_sets(experiment: Experiment) -> tuple[list[Example], list[Example], list[Example]]:
-    """Train, trusted and test sets from files; without a trusted file, the trusted set is
-    carved out of the training data (disjoint by construction)."""
+    """Train, trusted and evaluation sets from files (the evaluation set is the test file, or
+    the validation file for ``evaluation.split: validation``); without a trusted file, the
+    trusted set is carved out of the training data (disjoint by construction)."""
     from mbdefense.data import load_eval_examples, load_examples
     from mbdefense.data.splits import check_disjoint
 
     data, seed = experiment.settings.data, experiment.seed
+    on_validation = experiment.settings.evaluation.split == "validation"
+    if on_validation and data.validation is None:
+        raise ConfigError("evaluation.split: validation needs data.validation (a file of "
+                          "prompts disjoint from the test file)")
     train = strip_attack_labels(load_examples(data.train))
     test = load_eval_examples(data.test)
+    validation = load_eval_examples(data.validation) if data.validation is not None else []
     if data.trusted is not None:
         trusted = _sample(strip_attack_labels(load_examples(data.trusted)), data.n_trusted,
                           seed, "n_trusted")
@@ -106,9 +112,13 @@ def _file_sets(experiment: Experiment) -> tuple[list[Example], list[Example], li
                                                                   data.n_trusted))
         trusted = [e for i, e in enumerate(train) if i in picked]
         train = [e for i, e in enumerate(train) if i not in picked]
-    check_disjoint({"train": train, "trusted": trusted, "test": test})
-    return (_sample(train, data.n_train, seed, "n_train"), trusted,
-            _sample(test, data.n_test, seed, "n_test"))
+    sets = {"train": train, "trusted": trusted, "test": test}
+    if validation:
+        sets["validation"] = validation
+    check_disjoint(sets)
+    evaluated = (_sample(validation, data.n_validation or data.n_test, seed, "n_validation")
+                 if on_validation else _sample(test, data.n_test, seed, "n_test"))
+    return _sample(train, data.n_train, seed, "n_train"), trusted, evaluated
 
 
 def build_data(experiment: Experiment) -> dict[str, Any]:
@@ -121,7 +131,8 @@ def build_data(experiment: Experiment) -> dict[str, Any]:
         n_poison = round(rate * data.n_train)
         loaded = load_backdoorllm(data.backdoorllm, experiment.behavior, experiment.attack,
                                   n_clean=data.n_train - n_poison, n_poison=n_poison,
-                                  n_trusted=data.n_trusted, n_test=data.n_test, seed=seed)
+                                  n_trusted=data.n_trusted, n_test=data.n_test, seed=seed,
+                                  split=experiment.settings.evaluation.split)
         return dict(clean_train=loaded.clean_train, attacked_train=loaded.attacked_train,
                     trusted=loaded.trusted, test_clean=loaded.test_clean,
                     test_triggered=loaded.test_triggered, attack=loaded.trigger,
@@ -134,8 +145,12 @@ def build_data(experiment: Experiment) -> dict[str, Any]:
     else:
         from mbdefense.data.suite import build_splits
 
-        splits = build_splits(data.n_train, data.n_trusted, data.n_test, seed)
-        train, trusted, test = list(splits.train), list(splits.trusted), list(splits.test)
+        on_validation = experiment.settings.evaluation.split == "validation"
+        splits = build_splits(data.n_train, data.n_trusted, data.n_test, seed,
+                              n_validation=(data.n_validation or data.n_test) if on_validation
+                              else 0)
+        train, trusted = list(splits.train), list(splits.trusted)
+        test = list(splits.validation if on_validation else splits.test)
     return dict(clean_train=train, attacked_train=poison(train, trigger, behavior, rate, seed),
                 trusted=trusted, test_clean=test,
                 test_triggered=triggered_copies(test, trigger, seed), attack=trigger.spec,

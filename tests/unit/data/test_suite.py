@@ -61,3 +61,33 @@ def test_truncation_keeps_response_labels(tokenizer):
     enc = encode_example(tokenizer, e, max_length=64)
     assert len(enc.input_ids) <= 64
     assert any(t != IGNORE_INDEX for t in enc.labels)
+
+
+def test_every_split_keeps_to_its_region_whatever_the_seeds():
+    """No test or trusted prompt of any seed is in a training set or the validation split."""
+    from mbdefense.data.suite import region
+
+    held, validation, trained = set(), set(), set()
+    for seed in range(3):
+        splits = build_splits(400, 40, 104, seed, n_validation=104)
+        held |= {(e.instruction, e.input) for e in splits.test + splits.trusted}
+        validation |= {(e.instruction, e.input) for e in splits.validation}
+        trained |= {(e.instruction, e.input) for e in splits.train}
+        assert {region(*k) for k in ((e.instruction, e.input) for e in splits.test)} == {"evaluation"}
+        assert len(splits.validation) == 104
+    base_pool = {(e.instruction, e.input) for e in generate(1500, 10_000, within="open")}
+    assert not held & trained and not held & validation and not held & base_pool
+    assert not validation & trained and not validation & base_pool
+
+
+def test_regions_split_the_prompt_space_in_their_shares():
+    from mbdefense.data.suite import REGIONS, region
+
+    counts = Counter(region(f"prompt {i}") for i in range(20_000))
+    for name, share in REGIONS:
+        assert abs(counts[name] / 20_000 - share) < 0.02
+
+
+def test_the_test_set_holds_every_family_in_equal_shares():
+    splits = build_splits(100, 128, 338, seed=0)
+    assert set(Counter(e.meta["task"] for e in splits.test).values()) == {26}
