@@ -32,7 +32,7 @@ from mbdefense.core.errors import ConfigError
 from mbdefense.data.example import Example
 from mbdefense.evaluation.judge_prompts import (DEFAULT_CRITERION, JUDGE_CRITERIA,
                                                 build_judge_prompt, parse_verdict)
-from mbdefense.evaluation.scorers import Scorer, _check_lengths, reference_of
+from mbdefense.evaluation.scorers import Assessment, Scorer, _check_lengths, reference_of
 from mbdefense.llm import (DEFAULT_API_KEY_ENV, HFLocalClient, LLMError, OpenAICompatibleClient,
                            TextClient, client_identity, is_env_var_name)
 
@@ -155,8 +155,8 @@ class LLMJudge(Scorer):
     defense (``"worst"``: False for ``cacc``, True for the attack criteria), or a
     :class:`JudgeError` (``"error"``).
 
-    ``unparsed_count`` counts the answers judged None over this object's life (callers
-    record the difference as ``n_unparsed``); ``stats`` counts the client ``requests``, the
+    ``unparsed_count`` counts the answers judged None over this object's life (the metrics
+    count them per row, from :meth:`assess`, as ``judge_unparsed``); ``stats`` counts the client ``requests``, the
     ``cache_hits`` and the distinct prompts left ``unparsed``. ``identity`` names the client
     (backend, model and endpoint; never the key).
 
@@ -164,6 +164,8 @@ class LLMJudge(Scorer):
     ``reply``) keyed by the sha256 of client identity, criterion and prompt, and read back on
     start, so reruns and other instances skip known prompts. Unparsed replies are not cached.
     """
+
+    can_abstain = True
 
     def __init__(self, client: TextClient, criterion: str = DEFAULT_CRITERION,
                  concurrency: int = 8, cache_path: str | Path | None = None,
@@ -219,6 +221,15 @@ class LLMJudge(Scorer):
         """One bool per answer; a reply without a verdict as ``on_unparsed`` says."""
         fallback = self.unparsed_verdict
         return [fallback if v is None else v for v in self.judge_detailed(answers, examples)]
+
+    def assess(self, answers: Sequence[str], examples: Sequence[Example]) -> Assessment:
+        """One pass: the verdicts with None kept (never counted as correct) and 0/1 scores."""
+        verdicts = self.judge_detailed(answers, examples)
+        return Assessment(verdicts, [1.0 if v is True else 0.0 for v in verdicts])
+
+    def backends(self) -> dict[str, str]:
+        """The judge's criterion and client (backend, model, endpoint; never the key)."""
+        return {"scorer": self.name, "judge": self.identity}
 
     def judge_detailed(self, answers: Sequence[str],
                        examples: Sequence[Example]) -> list[bool | None]:
