@@ -1,10 +1,17 @@
 """The results document (``results.json``): one shape for every command that evaluates.
 
-``{"schema_version", "name", "description", "rows": [...], "config", "versions", "metadata",
-"diagnostics", "samples", "groups", "wall_seconds"}``. A row is one evaluated model:
-``model, attack, behavior, defense, seed, cacc, asr, aacc, clean_asr, clean_score, n_clean,
-n_triggered, ...`` (``defense`` is ``clean`` for the never-attacked reference and ``none``
-for the attacked model undefended); fractions in [0, 1].
+``{"schema_version", "name", "description", "rows": [...], "summary": [...], "intervals",
+"config", "versions", "metadata", "diagnostics", "samples", "groups", "wall_seconds"}``. A row
+is one evaluated model: ``model, attack, behavior, defense, seed, cacc, asr, aacc, clean_asr,
+clean_score, n_clean, n_triggered, ...`` (``defense`` is ``clean`` for the never-attacked
+reference and ``none`` for the attacked model undefended); fractions in [0, 1].
+
+Schema 3 adds the 95% confidence intervals (:mod:`mbdefense.results.intervals`): each row's
+``{cacc,asr,aacc,clean_asr}_ci`` (Wilson, from the row's counts) and ``summary``, the rows
+aggregated over seeds per (model, attack, behavior, defense) with ``seeds``, ``n_seeds``,
+``interval`` (``t over seeds`` or ``wilson``), ``{metric}_mean`` / ``_std`` / ``_ci`` and
+summed ``{metric}_hits`` / ``_n``. Readers of schema 1 and 2 documents compute the same from
+the counts (:func:`mbdefense.results.intervals.with_intervals` and ``summarise``).
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 #: The row of the never-attacked model: a reference, not a defense.
 CLEAN_REFERENCE = "clean"
 
@@ -82,9 +89,15 @@ class ResultsDocument:
 
     def to_json(self) -> dict[str, Any]:
         from mbdefense.core.io import jsonable
+        from mbdefense.results.intervals import (CONFIDENCE, ONE_SEED_METHOD, SEEDS_METHOD,
+                                                 summarise, with_intervals)
 
+        intervals = {"confidence": CONFIDENCE, "one_seed": ONE_SEED_METHOD,
+                     "several_seeds": SEEDS_METHOD}
         return jsonable({"schema_version": SCHEMA_VERSION, "name": self.name,
-                         "description": self.description, "rows": self.rows,
+                         "description": self.description,
+                         "rows": [with_intervals(r) for r in self.rows],
+                         "summary": summarise(self.rows), "intervals": intervals,
                          "config": self.config, "versions": self.versions,
                          "metadata": self.metadata, "diagnostics": self.diagnostics,
                          "samples": self.samples, "groups": self.groups,
