@@ -3,7 +3,8 @@
 - :func:`paper_table`: one model's Table 1 (defenses down; behaviour and attack header groups
   over CACC / ASR columns; the ``clean`` row flagged ``reference``, ``mb-defense``
   ``highlight``, each defense with its colour);
-- :func:`long_table`: every row and every field (standard columns first);
+- :func:`long_table`: every row and every field (standard columns first), each binomial metric
+  with its interval (for CSV: the bounds as two columns);
 - :func:`samples_tables`, :func:`diagnostics_tables`, :func:`pairs_table`: the samples, the
   diagnostics (dotted keys) and key/value lists such as versions and metadata.
 
@@ -18,14 +19,19 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from mbdefense.reporting.documents import COUNTS, FRACTIONS, OPTIONAL_FRACTIONS
 from mbdefense.reporting.summary import (HIGHLIGHT_LABEL, METRICS, REFERENCE_LABEL, ModelTable,
-                                         attack_title, format_cell, is_reference, row_label)
+                                         attack_title, format_cell, is_reference, mean_of,
+                                         row_label)
 from mbdefense.reporting.table import Cell, Column, Table
+from mbdefense.results.intervals import with_intervals
 
 STANDARD = ("model", "attack", "behavior", "defense", "seed", "cacc", "asr", "aacc", "n_clean",
-            "n_triggered", "clean_asr", "clean_score", "reference_nll", "poison_rate",
+            "n_triggered", "clean_asr", "clean_score", "rouge_l", "echo_cacc", "echo_rouge_l",
+            "judge_unparsed", "judge_unparsed_share", "reference_nll", "poison_rate",
             "train_seconds")
-NUMERIC = FRACTIONS + OPTIONAL_FRACTIONS + COUNTS + ("seed", "clean_score", "reference_nll",
-                                                      "train_seconds")
+NUMERIC = FRACTIONS + OPTIONAL_FRACTIONS + COUNTS + (
+    "seed", "clean_score", "rouge_l", "echo_cacc", "echo_rouge_l", "judge_unparsed",
+    "judge_unparsed_share", "reference_nll", "train_seconds")
+BOUND_SUFFIXES = ("_ci", "_ci_lo", "_ci_hi")
 SAMPLE_FIELDS = ("kind", "prompt", "reference", "answer")
 LIST_TEXT_LIMIT = 600   # longer lists show only their length
 
@@ -55,7 +61,7 @@ def paper_table(table: ModelTable, colours: Mapping[str, str] | None = None) -> 
         for b, a in table.columns:
             summary = table.cell(label, b, a)
             line += [Cell(format_cell(summary, metric),
-                          None if summary is None else summary[f"{metric}_mean"], **marks)
+                          mean_of(summary, metric), **marks)
                      for metric, _ in METRICS]
         rows.append(line)
     return Table(columns, rows, title=table.model, groups=groups if table.columns else [],
@@ -66,9 +72,15 @@ def paper_table(table: ModelTable, colours: Mapping[str, str] | None = None) -> 
 
 
 def columns_of(rows: Sequence[Row]) -> list[str]:
-    """The union of the rows' keys: the standard columns first, then others as they appear."""
+    """The union of the rows' keys: the standard columns first, then others as they appear;
+    a metric's interval (``m_ci``, or ``m_ci_lo`` and ``m_ci_hi``) right after the metric."""
     present = dict.fromkeys(k for row in rows for k in row)
-    return [k for k in STANDARD if k in present] + [k for k in present if k not in STANDARD]
+    bounds = {k for k in present for suffix in BOUND_SUFFIXES
+              if k.endswith(suffix) and k[:-len(suffix)] in present}
+    order = [k for k in STANDARD if k in present]
+    order += [k for k in present if k not in STANDARD and k not in bounds]
+    return [name for k in order
+            for name in (k, *(k + suffix for suffix in BOUND_SUFFIXES if k + suffix in bounds))]
 
 
 def rounded(value: Any) -> Any:
@@ -82,11 +94,21 @@ def rounded(value: Any) -> Any:
     return value
 
 
+def _is_interval(value: Any) -> bool:
+    return (isinstance(value, (list, tuple)) and len(value) == 2
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value))
+
+
 def format_value(value: Any, column: str = "") -> str:
-    """A cell of the long table: fractions with 3 decimals, other numbers with up to 4, objects
-    and lists (e.g. a ``cacc_ci`` interval) as compact JSON."""
+    """A cell of the long table: fractions with 3 decimals, other numbers with up to 4, an
+    interval (``*_ci``) as ``[lo, hi]`` with 3 decimals (``n/a`` when there is none), other
+    objects and lists as compact JSON."""
+    if column.endswith("_ci") and (value is None or _is_interval(value)):
+        return "n/a" if value is None else f"[{value[0]:.3f}, {value[1]:.3f}]"
     if value is None:
         return ""
+    if isinstance(value, float) and column.endswith(("_ci_lo", "_ci_hi")):
+        return f"{value:.3f}"
     if isinstance(value, float) and column in FRACTIONS + OPTIONAL_FRACTIONS + ("clean_score",):
         return f"{value:.3f}"
     if isinstance(value, float):
@@ -96,15 +118,45 @@ def format_value(value: Any, column: str = "") -> str:
     return str(value)
 
 
+def _interval_columns(rows: Sequence[Row]) -> list[str]:
+    """The ``*_ci`` fields whose every value is an interval or ``None``."""
+    names = dict.fromkeys(k for row in rows for k in row if k.endswith("_ci"))
+    return [k for k in names if all(row.get(k) is None or _is_interval(row.get(k))
+                                    for row in rows)]
+
+
+def with_bounds(rows: Sequence[Row]) -> list[Row]:
+    """The rows with each interval ``m_ci: [lo, hi]`` as two fields ``m_ci_lo``, ``m_ci_hi``
+    (empty when there is no interval), in its place."""
+    names = set(_interval_columns(rows))
+    out = []
+    for row in rows:
+        line: Row = {}
+        for key, value in row.items():
+            if key in names:
+                line[f"{key}_lo"], line[f"{key}_hi"] = value if value is not None else (None,
+                                                                                      None)
+            else:
+                line[key] = value
+        out.append(line)
+    return out
+
+
 def long_table(rows: Sequence[Row], colours: Mapping[str, str] | None = None, *,
-               reference_first: bool = True, title: str = "All rows") -> Table:
-    """Every row (reference rows first unless told otherwise), every column, raw values kept."""
+               reference_first: bool = True, title: str = "All rows",
+               bounds: bool = False) -> Table:
+    """Every row (reference rows first unless told otherwise), every column, raw values kept;
+    each binomial metric with its 95% Wilson interval (from the row's counts) as ``m_ci``
+    (``bounds``: as two columns ``m_ci_lo``, ``m_ci_hi``, for CSV)."""
     colours = colours or {}
-    rows = list(rows)
+    rows = [with_intervals(r) for r in rows]
+    if bounds:
+        rows = with_bounds(rows)
     if reference_first:
         rows.sort(key=lambda r: not is_reference(r))
     names = columns_of(rows)
-    columns = [Column(n, kind="num" if n in NUMERIC else "") for n in names]
+    columns = [Column(n, kind="num" if n in NUMERIC or n.endswith(BOUND_SUFFIXES) else "")
+               for n in names]
     body = []
     for row in rows:
         label = row_label(row)
@@ -177,4 +229,4 @@ def _sample_text(value: Any) -> str:
 
 __all__ = ["SAMPLE_FIELDS", "STANDARD", "columns_of", "diagnostics_tables", "flags", "flatten",
            "format_value", "long_table", "pairs_table", "paper_table", "rounded",
-           "samples_tables"]
+           "samples_tables", "with_bounds"]

@@ -85,15 +85,33 @@ def _y_axis(left: float, top: float, width: float, y_max: float, y_label: str) -
     return parts
 
 
-def _bar(x: float, top: float, value: float, y_max: float, colour: str, tip: str) -> list[str]:
-    """One bar with its tooltip and its value printed above it."""
+def _level(top: float, value: float, y_max: float) -> float:
+    """The y coordinate of ``value`` on the axis (clipped to the plot)."""
     share = min(max(value / y_max, 0.0), 1.0) if y_max > 0 else 0.0
-    height = PLOT_HEIGHT * share
-    y = top + PLOT_HEIGHT - height
+    return top + PLOT_HEIGHT - PLOT_HEIGHT * share
+
+
+def _whisker(x: float, top: float, interval: tuple[float, float], y_max: float) -> list[str]:
+    """An interval drawn as a vertical line with short caps, centred on the bar at ``x``."""
+    lo, hi = _level(top, interval[0], y_max), _level(top, interval[1], y_max)
+    mid, cap = x + BAR_WIDTH / 2, BAR_WIDTH / 4
+    lines = [(mid, lo, mid, hi), (mid - cap, lo, mid + cap, lo), (mid - cap, hi, mid + cap, hi)]
+    return [f'<line class="whisker" x1="{_num(a)}" y1="{_num(b)}" x2="{_num(c)}" '
+            f'y2="{_num(d)}" stroke="#333" stroke-width="1"/>' for a, b, c, d in lines]
+
+
+def _bar(x: float, top: float, value: float, y_max: float, colour: str, tip: str,
+         interval: tuple[float, float] | None = None) -> list[str]:
+    """One bar with its tooltip, its interval (a whisker) and its value printed above."""
+    y = _level(top, value, y_max)
+    if interval is not None:
+        tip += f" [{interval[0]:.3f}, {interval[1]:.3f}]"
     rect = (f'<rect class="bar" x="{_num(x)}" y="{_num(y)}" width="{BAR_WIDTH}" '
-            f'height="{_num(height)}" fill="{colour}"><title>{escape(tip)}</title></rect>')
-    label = _text(x + BAR_WIDTH / 2, y - 3, f"{value:.2f}", size=8)
-    return [rect, label]
+            f'height="{_num(top + PLOT_HEIGHT - y)}" fill="{colour}"><title>{escape(tip)}'
+            f'</title></rect>')
+    above = min(y, _level(top, interval[1], y_max)) if interval is not None else y
+    label = _text(x + BAR_WIDTH / 2, above - 3, f"{value:.2f}", size=8)
+    return [rect, *(_whisker(x, top, interval, y_max) if interval is not None else []), label]
 
 
 def _series_colours(n: int, colours: Sequence[str] | None) -> list[str]:
@@ -125,16 +143,21 @@ def _group_label(x: float, y: float, text: str, slanted: bool) -> str:
 
 def bar_chart_svg(groups: list[str], series: list[str], values: list[list[float | None]],
                   title: str, y_label: str, y_max: float = 1.0,
-                  colours: Sequence[str] | None = None) -> str:
+                  colours: Sequence[str] | None = None,
+                  errors: Sequence[Sequence[tuple[float, float] | None]] | None = None) -> str:
     """Grouped bars: ``values[s][g]`` is series ``s`` in group ``g`` (``None``: no bar).
 
     Each bar is a ``<rect class="bar">`` with a ``<title>`` tooltip and its value printed above;
     the legend's swatches are ``<rect class="legend-swatch">``. Series ``s`` is drawn in
-    ``colours[s]`` (default: the palette in turn). Values above ``y_max`` are drawn at the top
-    of the axis (their printed value stays exact). Group names too long to fit under their
+    ``colours[s]`` (default: the palette in turn); ``errors[s][g]``, when given, is the bar's
+    interval ``(lo, hi)`` (``None``: none), drawn as a whisker (``<line class="whisker">``) and
+    added to the tooltip. Values above ``y_max`` are drawn at the top of the axis (their
+    printed value stays exact). Group names too long to fit under their
     group are written slanted.
     """
     _check_shape(values, len(series), len(groups), "bar_chart_svg")
+    if errors is not None:
+        _check_shape(errors, len(series), len(groups), "bar_chart_svg errors")
     fills = _series_colours(len(series), colours)
     if y_max <= 0:
         raise ValueError("bar_chart_svg: y_max must be positive")
@@ -165,7 +188,9 @@ def bar_chart_svg(groups: list[str], series: list[str], values: list[list[float 
                 continue
             x = x0 + s * (BAR_WIDTH + BAR_GAP)
             tip = f"{name} / {group}: {value:.3f}"
-            parts += _bar(x, top, float(value), y_max, fills[s], tip)
+            interval = errors[s][g] if errors is not None else None
+            parts += _bar(x, top, float(value), y_max, fills[s], tip,
+                          None if interval is None else (float(interval[0]), float(interval[1])))
     if not groups or not series:
         parts.append(_text(left + plot_width / 2, top + PLOT_HEIGHT / 2, "no data"))
     parts += _legend(left + plot_width + 20, top, series, fills)

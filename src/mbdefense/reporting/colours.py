@@ -3,7 +3,8 @@
 The defenses of the registry (and the ``clean`` reference) have fixed colours, ``mb-defense``
 always the highlighted red; any other name gets a spare colour chosen from a hash of the name
 (stable between runs), moved on to the next free one when two names of the same report would
-otherwise share it.
+otherwise share it. Those clashes are settled in the names' sorted order, so a defense's colour
+depends on the set of names in a report, never on their order.
 """
 
 from __future__ import annotations
@@ -39,11 +40,12 @@ def _hashed(name: str, attempt: int) -> str:
 
 
 def defense_colours(names: Iterable[str]) -> dict[str, str]:
-    """A ``#rrggbb`` colour for each distinct name, all different (names in given order)."""
+    """A ``#rrggbb`` colour for each distinct name, all different (names in given order; the
+    colours do not depend on that order)."""
     names = list(dict.fromkeys(str(n) for n in names))
     colours = {n: FIXED[n] for n in names if n in FIXED}
     taken = set(colours.values())
-    for name in names:
+    for name in sorted(names):
         if name in colours:
             continue
         start = zlib.crc32(name.encode()) % len(SPARE)

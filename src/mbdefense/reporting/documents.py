@@ -32,6 +32,8 @@ OPTIONAL_FRACTIONS = ("clean_asr", "poison_rate")
 COUNTS = ("n_clean", "n_triggered")
 KEY = ("model", "attack", "behavior", "defense", "seed")
 MAPPINGS = ("samples", "diagnostics", "versions", "metadata")   # optional, objects when given
+#: Document fields that may record the scorers' and detectors' identity or backends (any shape).
+SCORER_FIELDS = ("scorer", "scorers", "backends", "scorer_backends", "detectors")
 MAX_DEPTH = 100   # deeper nesting in any field is refused (rendering walks it recursively)
 
 Doc = dict[str, Any]
@@ -228,7 +230,9 @@ def _run_info(doc: Doc, index: int) -> Doc:
             "wall_seconds": doc.get("wall_seconds"),
             "diagnostics": doc.get("diagnostics") or {},
             "metadata": doc.get("metadata") or {},
-            "config": doc.get("config")}
+            "config": doc.get("config"),
+            "groups": doc.get("groups") if isinstance(doc.get("groups"), list) else [],
+            "scorers": {k: doc[k] for k in SCORER_FIELDS if doc.get(k) not in (None, "", {}, [])}}
 
 
 def combine(docs: Sequence[Doc]) -> Combined:
@@ -238,8 +242,8 @@ def combine(docs: Sequence[Doc]) -> Combined:
     seen before replaces the earlier one (in the earlier one's place). ``samples``: merged, a
     later heading replacing an earlier one. ``versions`` and ``metadata``: per key, the
     distinct values joined by `` / ``. ``runs``: each run's source, name, description, wall
-    time, diagnostics, metadata and config. ``wall_seconds``: the runs' total (``None`` if
-    none is known).
+    time, diagnostics, metadata, config, groups and scorer records. ``wall_seconds``: the
+    runs' total (``None`` if none is known).
     """
     rows: dict[tuple[Any, ...], Row] = {}
     samples: dict[str, Any] = {}
@@ -266,5 +270,5 @@ def as_combined(docs: Doc | Sequence[Doc]) -> Combined:
     return combine(list(docs))
 
 
-__all__ = ["Combined", "RESULTS_FILE", "as_combined", "combine", "is_number", "load_results",
-           "row_key", "validate_doc"]
+__all__ = ["Combined", "RESULTS_FILE", "SCORER_FIELDS", "as_combined", "combine", "is_number",
+           "load_results", "row_key", "validate_doc"]

@@ -1,11 +1,13 @@
 """Reports over one or more runs' ``results.json``: Markdown, self-contained HTML and CSV.
 
-The page is assembled once (:func:`report_blocks`: header with the runs' metadata, runs,
-results in the paper layout with charts, all rows, diagnostics and configuration, samples,
-versions) from the tables of :mod:`mbdefense.reporting.build`, then rendered as Markdown
-(:func:`markdown_report`) and HTML (:func:`html_report`); :func:`csv_rows` renders the table of
-all rows as CSV. :func:`write_report` writes ``report.md``, ``report.html`` and
-``results.csv`` atomically.
+The page is assembled once (:func:`report_blocks`: header with the runs' metadata, runs, the
+headline (:mod:`mbdefense.reporting.headline`: each defense against the attacked model, with
+95% intervals), results in the paper layout with charts, all rows, diagnostics and
+configuration, samples, versions) from the tables of :mod:`mbdefense.reporting.build`, then
+rendered as Markdown (:func:`markdown_report`) and HTML (:func:`html_report`);
+:func:`csv_rows` renders the table of all rows as CSV, :func:`summary_csv` the aggregates over
+seeds. :func:`write_report` writes ``report.md``, ``report.html``, ``results.csv`` and
+``summary.csv`` atomically.
 
 Each defense keeps one colour across the report's tables and charts
 (:mod:`mbdefense.reporting.colours`); the ``clean`` reference row comes first and is marked,
@@ -23,24 +25,30 @@ from typing import Any, Mapping, Sequence
 
 from mbdefense.core.errors import ConfigError
 from mbdefense.core.io import atomic_write_text
-from mbdefense.reporting.build import (diagnostics_tables, long_table, pairs_table, paper_table,
-                                       samples_tables)
+from mbdefense.reporting.build import (columns_of, diagnostics_tables, long_table, pairs_table,
+                                       paper_table, samples_tables, with_bounds)
 from mbdefense.reporting.charts import bar_chart_svg, heatmap_svg
 from mbdefense.reporting.colours import defense_colours
 from mbdefense.reporting.documents import (RESULTS_FILE, Combined, as_combined, combine,
                                            is_number, load_results, validate_doc)
+from mbdefense.reporting.headline import HEADLINE_NOTE, headline_tables, run_pairs
 from mbdefense.reporting.page import (Block, Code, Figure, Figures, Heading, Items, Paragraph,
                                       Preformatted, TableBlock, page_html, page_markdown)
 from mbdefense.reporting.render import table_csv
 from mbdefense.reporting.summary import (METRICS, ModelTable, attack_title, format_cell,
-                                         is_reference, mean_of, paper_tables, row_label,
-                                         summary_rows)
+                                         interval_of, is_reference, mean_of, paper_tables,
+                                         row_label, summary_rows)
 from mbdefense.reporting.table import values_table
 
 METRIC_NOTE = ("CACC: clean instructions answered correctly. ASR: triggered instructions showing "
-               "the attacker's behaviour. One seed: fraction (successes/total); several seeds: "
-               "mean ± sample standard deviation over seeds (n = number of seeds).")
+               "the attacker's behaviour. Each cell: the mean over seeds and its 95% confidence "
+               "interval [lo, hi]: one seed, the Wilson interval of the counts; several seeds "
+               "(their number in brackets), a Student t interval over the per-seed values. The "
+               "charts draw the same intervals as whiskers.")
 DEFAULT_TITLE = "mbdefense results"
+SUMMARY_COLUMNS = ("model", "attack", "behavior", "defense", "n_seeds", "seeds", "interval",
+                   "confidence", "n_clean", "n_triggered")
+SUMMARY_SUFFIXES = ("_mean", "_ci_lo", "_ci_hi", "_std", "_hits", "_n")
 
 Doc = dict[str, Any]
 Row = dict[str, Any]
@@ -64,7 +72,9 @@ def _bar_charts(table: ModelTable, behavior: str, colours: Mapping[str, str]) ->
                                  [[mean_of(table.cell(lb, behavior, a), metric) for a in attacks]
                                   for lb in labels],
                                  f"{name} · {table.model} · {behavior}", name,
-                                 colours=[colours[lb] for lb in labels]))
+                                 colours=[colours[lb] for lb in labels],
+                                 errors=[[interval_of(table.cell(lb, behavior, a), metric)
+                                          for a in attacks] for lb in labels]))
             for metric, name in reversed(METRICS)]
 
 
@@ -117,11 +127,19 @@ def _run_title(run: Mapping[str, Any]) -> str:
 
 
 def _header_blocks(doc: Combined) -> list[Block]:
-    """The runs' ``metadata`` (a mapping of strings), when there is any."""
-    metadata = doc.get("metadata") or {}
-    if not metadata:
+    """The runs' metadata, seeds, wall time, scorers and versions, when there is any."""
+    pairs = run_pairs(doc)
+    return [TableBlock(pairs_table(pairs, header=("run", "value")))] if pairs else []
+
+
+def headline_blocks(rows: Sequence[Row], colours: Mapping[str, str] | None = None
+                    ) -> list[Block]:
+    """Each setting's defenses against the attacked model, with intervals and changes."""
+    tables = headline_tables(rows, colours)
+    if not tables:
         return []
-    return [TableBlock(pairs_table(metadata.items(), header=("metadata", "value")))]
+    return [Heading("Headline"), Paragraph(HEADLINE_NOTE, note=True),
+            *(TableBlock(t) for t in tables)]
 
 
 def _runs_blocks(doc: Combined) -> list[Block]:
@@ -158,9 +176,11 @@ def _versions_blocks(versions: Mapping[str, str]) -> list[Block]:
 def report_blocks(docs: Doc | Sequence[Doc], title: str = DEFAULT_TITLE) -> list[Block]:
     """The report's page, built once for both Markdown and HTML."""
     doc = as_combined(docs)
+    colours = report_colours(doc["rows"])
     blocks: list[Block] = [Heading(title, 1), *_header_blocks(doc), *_runs_blocks(doc),
+                           *headline_blocks(doc["rows"], colours),
                            Heading("Results (paper layout)")]
-    blocks += results_blocks(doc["rows"], report_colours(doc["rows"]))
+    blocks += results_blocks(doc["rows"], colours)
     blocks += _diagnostics_blocks(doc) + _samples_blocks(doc["samples"])
     return blocks + _versions_blocks(doc["versions"])
 
@@ -180,8 +200,22 @@ def html_report(docs: Doc | Sequence[Doc], title: str = DEFAULT_TITLE) -> str:
 
 def csv_rows(rows: Sequence[Row]) -> str:
     """All rows as CSV, in their order: the union of their keys as columns, the standard ones
-    first; strings that a spreadsheet would run as formulas are escaped."""
-    return table_csv(long_table(list(rows), reference_first=False))
+    first, each binomial metric's 95% Wilson interval as ``m_ci_lo`` and ``m_ci_hi``; strings
+    that a spreadsheet would run as formulas are escaped."""
+    return table_csv(long_table(list(rows), reference_first=False, bounds=True))
+
+
+def summary_csv(rows: Sequence[Row]) -> str:
+    """The rows aggregated over seeds per (model, attack, behavior, defense) as CSV: seeds,
+    interval method, and per metric mean, standard deviation, ``_ci_lo`` / ``_ci_hi`` and the
+    summed counts."""
+    summaries = with_bounds(summary_rows(rows))
+    metrics = [k[:-5] for k in columns_of(summaries) if k.endswith("_mean")]
+    names = [n for n in SUMMARY_COLUMNS if any(n in s for s in summaries)]
+    names += [f"{m}{suffix}" for m in metrics for suffix in SUMMARY_SUFFIXES
+              if any(f"{m}{suffix}" in s for s in summaries)]
+    return table_csv(values_table(names, [[s.get(n) for n in names] for s in summaries],
+                                  text=lambda v: "" if v is None else str(v)))
 
 
 def _default_out_dir(paths: Sequence[str | Path]) -> Path:
@@ -193,10 +227,12 @@ def _default_out_dir(paths: Sequence[str | Path]) -> Path:
 
 def write_report(paths: Sequence[str | Path], out_dir: str | Path | None = None,
                  title: str = DEFAULT_TITLE) -> dict[str, Path]:
-    """Write ``report.md``, ``report.html`` and ``results.csv`` (atomically) for ``paths``.
+    """Write ``report.md``, ``report.html``, ``results.csv`` and ``summary.csv`` (atomically)
+    for ``paths``.
 
     ``out_dir`` defaults to the single input's folder. Returns the paths by kind
-    (``markdown``, ``html``, ``csv``). Nothing is written when an input is bad.
+    (``markdown``, ``html``, ``csv``, ``summary_csv``). Nothing is written when an input is
+    bad.
     """
     paths = list(paths)
     out = Path(out_dir) if out_dir is not None else _default_out_dir(paths)
@@ -204,11 +240,12 @@ def write_report(paths: Sequence[str | Path], out_dir: str | Path | None = None,
     blocks = report_blocks(doc, title)
     texts = {"markdown": ("report.md", page_markdown(blocks)),
              "html": ("report.html", page_html(title, blocks)),
-             "csv": ("results.csv", csv_rows(doc["rows"]))}
+             "csv": ("results.csv", csv_rows(doc["rows"])),
+             "summary_csv": ("summary.csv", summary_csv(doc["rows"]))}
     return {kind: atomic_write_text(out / name, text) for kind, (name, text) in texts.items()}
 
 
 __all__ = ["METRIC_NOTE", "RESULTS_FILE", "combine", "csv_rows", "format_cell", "html_report",
            "is_reference", "load_results", "markdown_report", "paper_table_markdown",
            "paper_tables", "report_blocks", "report_colours", "results_blocks", "row_label",
-           "summary_rows", "validate_doc", "write_report"]
+           "summary_csv", "summary_rows", "validate_doc", "write_report"]

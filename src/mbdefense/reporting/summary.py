@@ -1,9 +1,10 @@
 """Summaries of checked result rows: per-cell aggregates over seeds and the paper layout.
 
-- :func:`summary_rows` aggregates over seeds (mean, sample standard deviation, summed counts);
+- :func:`summary_rows` aggregates over seeds (mean, sample standard deviation, 95% interval,
+  summed counts);
 - :func:`paper_tables` arranges the summaries as the paper's Table 1, one
   :class:`ModelTable` per model (defenses down, behaviour / attack across);
-- :func:`format_cell` is a summary's display text.
+- :func:`format_cell` is a summary's display text (mean and interval).
 
 The reference row of a never-attacked model (defense ``clean``, or attack and defense ``none``)
 is labelled ``clean`` and comes first.
@@ -11,11 +12,10 @@ is labelled ``clean`` and comes first.
 
 from __future__ import annotations
 
-import statistics
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
-from mbdefense.reporting.documents import FRACTIONS, NAMES
+from mbdefense.results.intervals import summarise
 
 # The results document's label of the never-attacked model's row (a reference, not a defense);
 # kept here so that reading reports needs nothing beyond this package.
@@ -44,52 +44,47 @@ def attack_title(attack: str) -> str:
 # ----------------------------------------------------------------------------- aggregation
 
 
-def _mean_std(values: Sequence[float]) -> tuple[float, float | None]:
-    """Mean and sample standard deviation (``None`` for a single value)."""
-    mean = statistics.fmean(values)
-    return mean, statistics.stdev(values) if len(values) > 1 else None
-
-
-def _hits(row: Row, metric: str) -> int:
-    return round(row[metric] * row["n_triggered" if metric in ("asr", "aacc") else "n_clean"])
-
-
-def _summarise(group: Sequence[Row]) -> Row:
-    first = group[0]
-    out: Row = {k: first[k] for k in NAMES}
-    out["n_seeds"] = len(group)
-    out["seeds"] = [r["seed"] for r in group]
-    for metric in FRACTIONS:
-        out[f"{metric}_mean"], out[f"{metric}_std"] = _mean_std([r[metric] for r in group])
-    for metric, n in (("cacc", "n_clean"), ("asr", "n_triggered"), ("aacc", "n_triggered")):
-        out[f"{metric}_hits"] = sum(_hits(r, metric) for r in group)
-        out[f"{metric}_n"] = sum(r[n] for r in group)
-    return out
-
-
 def summary_rows(rows: Iterable[Row]) -> list[Row]:
     """Rows aggregated over seeds per ``(model, attack, behavior, defense)``, in order of first
-    appearance: ``n_seeds``, ``seeds``, ``{cacc,asr,aacc}_mean`` and ``_std`` (sample standard
-    deviation, ``None`` for one seed), and summed counts ``{cacc,asr,aacc}_hits`` / ``_n``.
+    appearance: ``n_seeds``, ``seeds``, ``interval`` (how the intervals were made), and per
+    metric ``{m}_mean``, ``_std`` (sample standard deviation, ``None`` for one seed), ``_ci``
+    (the 95% interval: t over seeds, or Wilson for one seed; ``None`` when there is none) and,
+    for the binomial metrics, summed counts ``{m}_hits`` / ``_n``
+    (see :func:`mbdefense.results.intervals.summarise`).
     """
-    groups: dict[tuple[Any, ...], list[Row]] = {}
-    for row in rows:
-        groups.setdefault(tuple(row[k] for k in NAMES), []).append(row)
-    return [_summarise(group) for group in groups.values()]
+    return summarise(rows)
+
+
+def format_interval(interval: Sequence[float] | None) -> str:
+    """``[0.366, 0.634]``, or ``[n/a]`` when there is no interval."""
+    if not interval or len(interval) != 2:
+        return "[n/a]"
+    return f"[{interval[0]:.3f}, {interval[1]:.3f}]"
+
+
+def format_value(summary: Mapping[str, Any] | None, metric: str) -> str:
+    """``0.669 [0.617, 0.717]``: the mean and its interval (``–`` when the metric is missing)."""
+    if summary is None or summary.get(f"{metric}_mean") is None:
+        return "–"
+    return f"{summary[f'{metric}_mean']:.3f} {format_interval(summary.get(f'{metric}_ci'))}"
 
 
 def format_cell(summary: Mapping[str, Any] | None, metric: str) -> str:
-    """``0.669 (226/338)`` for one seed, ``0.669 ± 0.012 (n=3)`` for several, ``–`` for none."""
-    if summary is None:
-        return "–"
-    mean, std = summary[f"{metric}_mean"], summary[f"{metric}_std"]
-    if summary["n_seeds"] == 1:
-        return f"{mean:.3f} ({summary[f'{metric}_hits']}/{summary[f'{metric}_n']})"
-    return f"{mean:.3f} ± {std:.3f} (n={summary['n_seeds']})"
+    """A paper-table cell: ``0.669 [0.617, 0.717]`` for one seed (Wilson interval),
+    ``0.669 [0.601, 0.737] (3 seeds)`` for several (t interval over seeds), ``–`` for none."""
+    text = format_value(summary, metric)
+    if summary is None or text == "–" or summary["n_seeds"] == 1:
+        return text
+    return f"{text} ({summary['n_seeds']} seeds)"
 
 
 def mean_of(summary: Mapping[str, Any] | None, metric: str) -> float | None:
-    return None if summary is None else summary[f"{metric}_mean"]
+    return None if summary is None else summary.get(f"{metric}_mean")
+
+
+def interval_of(summary: Mapping[str, Any] | None, metric: str) -> tuple[float, float] | None:
+    ci = None if summary is None else summary.get(f"{metric}_ci")
+    return (ci[0], ci[1]) if ci else None
 
 
 # ----------------------------------------------------------------------------- paper layout
@@ -141,5 +136,5 @@ def paper_tables(rows: Sequence[Row]) -> list[ModelTable]:
 
 
 __all__ = ["HIGHLIGHT_LABEL", "METRICS", "ModelTable", "REFERENCE_LABEL", "attack_title",
-           "format_cell", "is_reference", "mean_of", "paper_tables", "row_label",
-           "summary_rows"]
+           "format_cell", "format_interval", "format_value", "interval_of", "is_reference",
+           "mean_of", "paper_tables", "row_label", "summary_rows"]

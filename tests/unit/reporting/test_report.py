@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from mbdefense.core.errors import ConfigError, DataError
+from mbdefense.results.intervals import wilson
 from mbdefense.reporting.report import (
     combine,
     csv_rows,
@@ -192,10 +193,12 @@ def test_summary_of_one_seed_has_no_std(runs):
 
 
 def _table_lines(markdown: str) -> dict[str, list[str]]:
-    """The first table's body rows, by label, as lists of cells."""
+    """The first paper-layout table's body rows, by label, as lists of cells."""
     out: dict[str, list[str]] = {}
     lines = markdown.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith("| defense"))
+    skip = next((i for i, line in enumerate(lines) if line == "## Results (paper layout)"), 0)
+    start = next(i for i, line in enumerate(lines)
+                 if i > skip and line.startswith("| defense"))
     for line in lines[start + 2:]:
         if not line.startswith("|"):
             break
@@ -204,7 +207,12 @@ def _table_lines(markdown: str) -> dict[str, list[str]]:
     return out
 
 
-def test_paper_table_one_seed_shows_values_with_counts(runs):
+def _interval(k: int, n: int = N) -> str:
+    lo, hi = wilson(k, n)
+    return f"[{lo:.3f}, {hi:.3f}]"
+
+
+def test_paper_table_one_seed_shows_values_with_wilson_intervals(runs):
     rows = load_results(runs[:1])[0]["rows"]
     markdown = paper_table_markdown(rows)
     header = next(line for line in markdown.splitlines() if line.startswith("| defense"))
@@ -214,20 +222,22 @@ def test_paper_table_one_seed_shows_values_with_counts(runs):
     table = _table_lines(markdown)
     assert list(table) == ["clean", "none", "clean-fft", "mb-defense"]
     k = _hits(0, "refusal", "vpi", "clean-fft", "cacc")
-    assert table["clean-fft"][2] == f"{k / N:.3f} ({k}/{N})"
+    assert table["clean-fft"][2] == f"{k / N:.3f} {_interval(k)}"
     k = _hits(0, "negsentiment", "vpi", "mb-defense", "asr")
-    assert table["mb-defense"][7] == f"{k / N:.3f} ({k}/{N})"
+    assert table["mb-defense"][7] == f"{k / N:.3f} {_interval(k)}"
 
 
-def test_paper_table_two_seeds_shows_mean_and_std(combined):
+def test_paper_table_two_seeds_shows_mean_and_t_interval(combined):
     table = _table_lines(paper_table_markdown(combined["rows"]))
     for label, cells in table.items():
         for i, cell in enumerate(cells):
             behavior, attack = BEHAVIORS[i // 4], ATTACKS[(i // 2) % 2]
             metric = ("cacc", "asr")[i % 2]
             values = [_hits(s, behavior, attack, label, metric) / N for s in (0, 1)]
-            expected = f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f} (n=2)"
-            assert cell == expected, (label, i)
+            mean = statistics.mean(values)
+            half = 12.7062 * statistics.stdev(values) / 2 ** 0.5    # t(0.975, 1 df)
+            lo, hi = max(0.0, mean - half), min(1.0, mean + half)
+            assert cell == f"{mean:.3f} [{lo:.3f}, {hi:.3f}] (2 seeds)", (label, i)
 
 
 def test_paper_table_puts_the_demo_reference_first(runs):
@@ -261,7 +271,7 @@ def test_html_is_self_contained_and_escaped(combined):
     assert "<script" not in html.lower()
     assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in html
     assert html.count("<details>") >= 32
-    assert "± " in html and "(n=2)" in html
+    assert "(2 seeds)" in html and "[95% CI]" in html
     assert "2.0 / 2.1" in html and "201 s" in html
 
 
@@ -288,9 +298,14 @@ def test_csv_round_trips(combined):
     read = list(csv.DictReader(io.StringIO(text)))
     assert len(read) == len(combined["rows"]) == 32
     assert list(read[0])[:5] == ["model", "attack", "behavior", "defense", "seed"]
+    bounds = {f"{m}_ci_{end}" for m in ("cacc", "asr", "aacc", "clean_asr")
+              for end in ("lo", "hi")}
     for original, back in zip(combined["rows"], read):
-        assert set(back) == set(original)
+        assert set(back) == set(original) | bounds
         assert float(back["asr"]) == original["asr"]
+        lo, hi = wilson(round(original["asr"] * N), N)
+        assert float(back["asr_ci_lo"]) == pytest.approx(lo)
+        assert float(back["asr_ci_hi"]) == pytest.approx(hi)
         assert int(back["n_clean"]) == original["n_clean"]
         assert back["defense"] == original["defense"]
         assert back["reference_nll"] == ""
@@ -307,7 +322,7 @@ def test_csv_has_the_union_of_keys():
 def test_write_report_writes_into_the_single_input_folder(runs):
     paths = write_report([runs[0]])
     assert paths == {"markdown": runs[0] / "report.md", "html": runs[0] / "report.html",
-                     "csv": runs[0] / "results.csv"}
+                     "csv": runs[0] / "results.csv", "summary_csv": runs[0] / "summary.csv"}
     assert all(p.is_file() for p in paths.values())
     assert not [p for p in runs[0].iterdir() if p.name.endswith(".tmp")]
 
@@ -369,14 +384,18 @@ def test_metadata_and_unknown_fields_are_tolerated_and_shown(tmp_path):
     doc.update(schema_version=3, metadata={"date": "2025-05-01", "commit": "abc123",
                                            "command": "mbdefense run <x>"})
     for row in doc["rows"]:
-        row["cacc_ci"] = [0.1, 0.2]
+        row["cacc_ci"] = [0.1, 0.2]          # recomputed from the counts
+        row["judge_ci"] = [0.3, 0.4]         # no counts: kept as recorded
     paths = write_report([_write(tmp_path / "r", doc)])
     markdown, html = paths["markdown"].read_text(), paths["html"].read_text()
     header = markdown[:markdown.index("## Runs")]
     assert "- commit: abc123" in header and "- command: mbdefense run &lt;x&gt;" in header
     assert "<td>mbdefense run &lt;x&gt;</td>" in html[:html.index("<h2>Runs</h2>")]
-    assert "cacc_ci" in markdown and "[0.1, 0.2]" in markdown
-    assert '"[0.1, 0.2]"' in paths["csv"].read_text()
+    assert "[0.100, 0.200]" not in markdown and "[0.300, 0.400]" in markdown
+    assert f"| {_interval(_hits(0, 'refusal', 'badnet', 'clean', 'cacc'))} |" in markdown
+    read = list(csv.DictReader(io.StringIO(paths["csv"].read_text())))
+    assert (read[0]["judge_ci_lo"], read[0]["judge_ci_hi"]) == ("0.3", "0.4")
+    assert float(read[0]["cacc_ci_lo"]) != 0.1
 
 
 def test_csv_escapes_formulas_but_keeps_negative_numbers():

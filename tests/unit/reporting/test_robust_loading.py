@@ -166,7 +166,7 @@ def test_odd_optional_values_are_rendered_sensibly(tmp_path):
                         "empty": []},
                diagnostics={"scalar": 0.25, "empty": {}, "list": [1.23456, 2]},
                versions={"torch": None, "mbdefense": {"v": 1}})
-    doc["rows"][2].update(cacc_ci=[0.41234, 0.58766], note="=1+1", extra_count=-3)
+    doc["rows"][2].update(judge_ci=[0.41234, 0.58766], note="=1+1", extra_count=-3)
     folder = _write_text(tmp_path, json.dumps(doc))
     paths = write_report([folder])
     markdown = paths["markdown"].read_text()
@@ -175,7 +175,7 @@ def test_odd_optional_values_are_rendered_sensibly(tmp_path):
     assert "(5): wall time unknown" in markdown
     assert "- date: 2025-01-02" in markdown and "- gpus: 2" in markdown
     assert "commit" not in markdown                       # null metadata left out
-    assert "[0.4123, 0.5877]" in markdown                 # an interval, compact
+    assert "[0.412, 0.588]" in markdown                   # an interval, compact
     assert "- scalar: 0.25" in markdown and "[1.235, 2]" in markdown
     assert "<td>2025-01-02</td>" in html
     assert "'=1+1" in csv_text and ",-3" in csv_text
