@@ -21,7 +21,7 @@ from mbdefense.evaluation.metrics import Metrics
 from mbdefense.evaluation.scorers import Scorer
 from mbdefense.runs.cache import (StageCache, digest, finetune_key, fingerprint,
                                   weight_settings)
-from mbdefense.runs.evaluate import evaluate_model, scorer_identity
+from mbdefense.runs.evaluate import evaluate_model, evaluation_backends, scorer_identity
 from mbdefense.runs.spec import CLEAN_REFERENCE, Settings
 from mbdefense.runs.workload import Workload, strip_attack_labels
 from mbdefense.training.config import TrainConfig
@@ -152,7 +152,9 @@ class Lifecycle:
         backend = () if gen.backend == "plain" else (gen.backend,)
         return digest("evaluation", fingerprint(self.work.test_clean),
                       fingerprint(self.work.test_triggered), self.work.behavior.spec,
-                      scorer_identity(self.scorer) if self.scorer else None, gen.max_new_tokens,
+                      scorer_identity(self.scorer) if self.scorer else None,
+                      evaluation_backends(self.scorer, self.work.behavior) if self.scorer
+                      else None, gen.max_new_tokens,
                       ev.reference_nll, ev.n_samples, self.work.poison_rate, *backend)
 
     def evaluate(self, model: Any, defense: Defense | None) -> tuple[Metrics, list[dict]]:
