@@ -98,7 +98,8 @@ def test_defend_then_eval_the_saved_model(user_world, judge, capsys):
     row = json.loads((root / "eval" / "results.json").read_text())["rows"][0]
     assert row["cacc"] == 1.0 and row["n_clean"] == row["n_triggered"] == 6
     assert 0.0 <= row["asr"] <= 1.0 and row["attack"] == "word:cf"
-    assert "cacc" in printed.out and 6 <= judge.count <= 12
+    # clean, triggered and echoed clean prompts (the echo floor): up to 6 requests each
+    assert "cacc" in printed.out and 6 <= judge.count <= 18
 
 
 def test_eval_with_rules_needs_no_judge(user_world, capsys):

@@ -1,6 +1,6 @@
 """Evaluating one model: answers to the clean and triggered test sets, judged by the run's
-scorer (CACC, AACC) and the behaviour's detector (ASR). Used by every run and by
-``mbdefense eval``."""
+scorer (CACC, AACC) and the behaviour's detector (ASR), beside the echo floor and the
+backends that judged. Used by every run and by ``mbdefense eval``."""
 
 from __future__ import annotations
 
@@ -38,6 +38,18 @@ def scorer_identity(scorer: Scorer) -> str:
     return str(getattr(scorer, "identity", None) or getattr(scorer, "name", type(scorer).__name__))
 
 
+def evaluation_backends(scorer: Scorer, behavior: Behavior | None = None) -> dict[str, str]:
+    """Every backend that judges a row, with versions: the correctness scorer's (``scorer``;
+    ``rouge``, the ROUGE-L implementation of the ``rouge_l`` figure; ``judge``, model and
+    endpoint) and the behaviour detector's (``asr``; ``toxicity``, the classifier or
+    ``lexicon``). The same mapping as every row's ``backends``; choosing the toxicity
+    backend here makes a missing classifier fail before any training."""
+    from mbdefense.evaluation.metrics import backends_of
+    from mbdefense.evaluation.scorers import BehaviorScorer
+
+    return backends_of(scorer, BehaviorScorer(behavior) if behavior is not None else None)
+
+
 def evaluate_model(model: Any, tokenizer: Any, test_clean: Sequence[Example],
                    test_triggered: Sequence[Example], behavior: Behavior | None, scorer: Scorer,
                    generation: GenerationSpec, *,
@@ -45,7 +57,9 @@ def evaluate_model(model: Any, tokenizer: Any, test_clean: Sequence[Example],
                    reference_nll_max_length: int | None = None,
                    n_samples: int = 4) -> tuple[Metrics, list[dict[str, str]]]:
     """Metrics and a few sample answers. ``rewrite`` changes the prompts before generation
-    (an inference-time defense); metrics always compare with the original examples."""
+    (an inference-time defense); metrics always compare with the original examples. Beside
+    CACC, ASR and AACC the metrics carry the echo floor (``echo_cacc``, ``echo_rouge_l``),
+    ``rouge_l``, the judge's ``judge_unparsed`` and the ``backends`` that judged."""
     clean_in = rewrite(list(test_clean)) if rewrite else list(test_clean)
     trig_in = rewrite(list(test_triggered)) if rewrite and test_triggered else \
         list(test_triggered)
