@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Sequence
 
 from mbdefense.data.example import Example
@@ -54,7 +54,7 @@ def neutralize(model: Any, tokenizer: Any, trusted: Sequence[Example],
     fine-tuning adds triggered copies there, so an example and its copies stay on one side).
     Returns the model with the best-eval-loss weights and a history of the eval losses.
     """
-    train_cfg = config.train_config()
+    train_cfg = replace(config.train_config(), seed=seed)   # LoRA init, dropout: this seed
     if config.triggers_per_step not in ("all", "one"):
         raise ValueError("triggers_per_step must be 'all' or 'one'")
     rng = random.Random(f"neutralize-split:{seed}")

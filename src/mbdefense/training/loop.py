@@ -7,6 +7,7 @@ from typing import Any, Callable, Iterable
 
 from mbdefense.training.config import TrainConfig
 from mbdefense.training.runtime import Runtime
+from mbdefense.training.seeding import device_of, seeded
 
 
 def make_optimizer(model: Any, config: TrainConfig, total_steps: int):
@@ -56,7 +57,7 @@ def run_steps(model: Any, batches_per_epoch: Callable[[int], Iterable[Any]],
     ``accelerate launch`` every process trains on its shard of each batch
     (:mod:`mbdefense.training.runtime`). The model is trained in place; the one returned is
     the same module except after an engine that shards weights (FSDP, ZeRO-3), which gives a
-    whole copy.
+    whole copy. Dropout is seeded from ``config.seed`` (:mod:`mbdefense.training.seeding`).
     """
     accum = max(config.grad_accum, 1)
     total_micro = int(math.ceil(steps_per_epoch * config.epochs))
@@ -71,9 +72,11 @@ def run_steps(model: Any, batches_per_epoch: Callable[[int], Iterable[Any]],
     params = [p for p in model.parameters() if p.requires_grad]
     wrapped.train()
     losses: list[float] = []
-    micro = 0
     bar = progress_bar(total_steps, config.description, config.progress and runtime.is_main)
-    try:
+    micro = 0
+
+    def train_epochs() -> None:
+        nonlocal micro
         for epoch in range(math.ceil(config.epochs)):
             for batch in batches_per_epoch(epoch):
                 if micro >= total_micro:
@@ -95,6 +98,10 @@ def run_steps(model: Any, batches_per_epoch: Callable[[int], Iterable[Any]],
                     bar.set_postfix(loss=f"{sum(losses[-accum:]) / min(accum, len(losses)):.3f}")
             if on_epoch_end is not None:
                 on_epoch_end(epoch)
+
+    try:  # dropout draws from torch's generators: seeded, the caller's RNG state kept
+        with seeded(config.seed, "train", device_of(wrapped)):
+            train_epochs()
     finally:
         bar.close()
         if checkpointing:

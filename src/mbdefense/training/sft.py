@@ -11,19 +11,22 @@ from mbdefense.training.batching import TokenBatch, iterate_batches
 from mbdefense.training.config import TrainConfig
 from mbdefense.training.logprobs import sequence_logprobs
 from mbdefense.training.loop import run_steps
+from mbdefense.training.seeding import device_of, seeded
 
 
 def apply_lora(model: Any, config: TrainConfig) -> Any:
-    """Wrap ``model`` with LoRA adapters when ``config.lora`` is set."""
+    """Wrap ``model`` with LoRA adapters when ``config.lora`` is set; their initial weights
+    are drawn from ``config.seed`` (the caller's torch RNG state is left as it was)."""
     if config.lora is None:
         return model
     from peft import LoraConfig, get_peft_model
 
     lora = config.lora
-    return get_peft_model(model, LoraConfig(r=lora.r, lora_alpha=lora.alpha,
-                                            lora_dropout=lora.dropout,
-                                            target_modules=list(lora.target_modules),
-                                            task_type="CAUSAL_LM"))
+    with seeded(config.seed, "lora-init", device_of(model)):
+        return get_peft_model(model, LoraConfig(r=lora.r, lora_alpha=lora.alpha,
+                                                lora_dropout=lora.dropout,
+                                                target_modules=list(lora.target_modules),
+                                                task_type="CAUSAL_LM"))
 
 
 def merge_lora(model: Any) -> Any:
@@ -42,7 +45,10 @@ def response_loss(model: Any, batch: TokenBatch) -> Any:
 
 def finetune(model: Any, tokenizer: Any, examples: Sequence[Example],
              config: TrainConfig) -> tuple[Any, list[float]]:
-    """Fine-tune ``model`` on ``examples``; returns the (merged) model and the step losses."""
+    """Fine-tune ``model`` on ``examples``; returns the (merged) model and the step losses.
+
+    Seeded by ``config.seed``: the batch order, LoRA's initial weights and the dropout masks
+    (:mod:`mbdefense.training.seeding`), so one seed and config give one set of weights."""
     if not examples:
         raise ValueError("finetune: no training examples")
     encoded = encode_examples(tokenizer, examples, config.max_length)
