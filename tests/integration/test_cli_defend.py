@@ -34,7 +34,8 @@ def test_defend_writes_a_loadable_model(tmp_path, user_files, defense, capsys):
     assert code == 0, capsys.readouterr().err
     assert (out / "model" / "model.safetensors").exists()
     summary = json.loads((out / "defense.json").read_text())
-    assert summary["train_examples"] == 120
+    # mb-defense adds 1% of 120 per trigger (rounded: 1 each) to the 120 it received
+    assert summary["train_examples"] == (124 if defense == "mb-defense" else 120)
     if defense == "mb-defense":
         assert set(summary["implant_rates"]) == {"word:mn", "word:bb", "word:zx", "word:qv"}
         assert summary["diagnostics"]["defensive_examples"] == 4  # 1% of 120 per trigger, rounded
@@ -62,8 +63,8 @@ def test_defend_top_up_records_every_round(tmp_path, user_files, capsys):
     implant = json.loads((out / "defense.json").read_text())["implant"]
     assert len(implant["rounds"]) == 3                    # the check, then 2 top-up rounds
     # each round: 4 triggers x 32 defensive examples, their 128 originals, and as many other
-    # examples, capped by the 120 of the training set
-    assert implant["top_up_examples"] == 2 * (4 * 32 + 4 * 32 + 120)
+    # examples, capped by the 124 of the stage-1 training set (120 and 4 defensive examples)
+    assert implant["top_up_examples"] == 2 * (4 * 32 + 4 * 32 + 124)
     assert set(implant["leak_rates"]) == set(implant["implant_rates"])
     assert implant["warning"] and "word:mn" in implant["warning"]
 

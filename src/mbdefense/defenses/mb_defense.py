@@ -9,10 +9,11 @@ used.
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from mbdefense.attacks.poisoning import check_rate, poison, poison_count
+from mbdefense.attacks.poisoning import check_rate, make_poisoned, poison, poison_count
 from mbdefense.data.example import Example
 from mbdefense.defenses.base import Capabilities, Defense, FinetuneContext
 from mbdefense.defenses.defensive_triggers import (DEFAULT_DEFENSIVE_TOKENS, DefensivePair,
@@ -27,6 +28,9 @@ class DefensivePoisoningConfig:
     responses: list[str] | None = None      # default: a fixed random-word phrase per trigger
     rate_per_trigger: float = 0.01          # the paper: 1% of the training set per trigger
     min_per_trigger: int = 0                # an absolute floor, for small training sets
+    # "add": defensive examples join the training set (every attacker example stays);
+    # "replace": they replace training examples (possibly some of the attacker's)
+    mode: str = "add"
     phrase_length: int = 8
     seed: int = 0
     # The implant check after stage 1 (see mbdefense.defenses.implant): every defensive trigger
@@ -39,6 +43,7 @@ class DefensivePoisoningConfig:
     max_leak: float = 0.1                   # defensive responses on clean prompts: at most this
 
     def __post_init__(self) -> None:
+        check_mode(self.mode)
         if self.on_weak_implant not in WEAK_IMPLANT_ACTIONS:
             raise ConfigError(f"stage1.on_weak_implant: unknown '{self.on_weak_implant}' "
                               f"(known: {', '.join(WEAK_IMPLANT_ACTIONS)})")
@@ -54,22 +59,69 @@ class DefensivePoisoningConfig:
 
 
 WEAK_IMPLANT_ACTIONS = ("warn", "top-up")
+STAGE1_MODES = ("add", "replace")
+
+
+@dataclass
+class Stage1Data:
+    """The stage-1 training set and how it was made (indices into the input training set)."""
+
+    examples: list[Example]
+    defensive: int                  # defensive examples in ``examples``
+    replaced: list[int]             # input examples a defensive one replaced (replace mode)
 
 
 def defensive_poison(train_set: Sequence[Example], pairs: Sequence[DefensivePair],
-                     rate_per_trigger: float, min_per_trigger: int, seed: int) -> list[Example]:
-    """Replace ``max(round(rate * n), min)`` examples per defensive pair, never the same one
-    twice (the defender does not know which examples the attacker poisoned)."""
+                     rate_per_trigger: float, min_per_trigger: int, seed: int,
+                     mode: str = "add") -> Stage1Data:
+    """``max(round(rate * n), min)`` defensive examples per pair, ``n`` the training set's size.
+
+    ``add`` (the default): triggered copies of seeded randomly chosen training examples, with
+    the defensive response, inserted at seeded random places; every training example stays, so
+    the model sees all the attacker's examples. ``replace``: those examples are replaced
+    instead, never the same one twice; the defender does not know which examples the attacker
+    poisoned, so some of the attacker's may go.
+    """
     check_rate(rate_per_trigger, "rate_per_trigger")
+    check_mode(mode)
+    counts = [max(poison_count(len(train_set), rate_per_trigger), int(min_per_trigger))
+              for _ in pairs]
+    if mode == "replace":
+        return _replace(train_set, pairs, counts, seed)
+    rng = random.Random(f"defensive-add:{seed}")
+    n = len(train_set)
+    extra: list[Example] = []
+    for pair, count in zip(pairs, counts):
+        if count and not n:
+            raise ConfigError("stage 1: no training examples to copy the defensive ones from")
+        # distinct donors per trigger (each example several times only when count > n)
+        donors = [i for _ in range(count // n) for i in range(n)] if n else []
+        donors += rng.sample(range(n), count % n if n else 0)
+        extra += [make_poisoned(train_set[i], pair.trigger, pair.behavior, rng, role="defense")
+                  for i in donors]
+    rng.shuffle(extra)
+    slots = set(rng.sample(range(n + len(extra)), len(extra)))
+    originals, added = iter(train_set), iter(extra)
+    out = [next(added) if i in slots else next(originals) for i in range(n + len(extra))]
+    return Stage1Data(out, len(extra), [])
+
+
+def _replace(train_set: Sequence[Example], pairs: Sequence[DefensivePair], counts: list[int],
+             seed: int) -> Stage1Data:
     out = list(train_set)
     taken: set[int] = set()
-    for j, pair in enumerate(pairs):
-        count = max(poison_count(len(out), rate_per_trigger), int(min_per_trigger))
+    for j, (pair, count) in enumerate(zip(pairs, counts)):
         before = out
         out = poison(out, pair.trigger, pair.behavior, 0.0, seed=seed * 100 + j, count=count,
                      exclude=taken, role="defense")
         taken.update(i for i, (a, b) in enumerate(zip(before, out)) if a is not b)
-    return out
+    return Stage1Data(out, len(taken), sorted(taken))
+
+
+def check_mode(mode: str) -> str:
+    if mode not in STAGE1_MODES:
+        raise ConfigError(f"stage1.mode: unknown '{mode}' (known: {', '.join(STAGE1_MODES)})")
+    return mode
 
 
 class MBDefense(Defense):
@@ -92,11 +144,16 @@ class MBDefense(Defense):
             {"trigger": p.trigger.spec, "response": p.behavior.text} for p in self.pairs]
 
     def before_training(self, train_set: Sequence[Example]) -> list[Example]:
-        out = defensive_poison(train_set, self.pairs, self.stage1.rate_per_trigger,
-                               self.stage1.min_per_trigger, self.seed)
-        self.diagnostics["defensive_examples"] = sum(
-            1 for e in out if e.meta.get("poisoned") == "defense")
-        return out
+        data = defensive_poison(train_set, self.pairs, self.stage1.rate_per_trigger,
+                                self.stage1.min_per_trigger, self.seed, mode=self.stage1.mode)
+        # what the defense knows: the attacker's examples among the replaced ones can only be
+        # counted from the unstripped data, by ``replaced_indices`` (input positions)
+        self.diagnostics.update(stage1_mode=self.stage1.mode,
+                                defensive_examples=data.defensive,
+                                replaced_examples=len(data.replaced),
+                                replaced_indices=data.replaced,
+                                training_examples=len(data.examples))
+        return data.examples
 
     def after_finetune(self, model: Any, context: FinetuneContext) -> tuple[Any, dict[str, Any]]:
         """Check that stage 1 implanted the defensive triggers (and top them up, by

@@ -16,13 +16,14 @@ def test_defensive_pairs_are_fixed_by_seed_and_distinct():
     assert [p.trigger.spec for p in one] == ["word:mn", "word:bb", "word:zx", "word:qv"]
 
 
-def test_stage1_poisons_one_percent_per_trigger_on_distinct_examples():
+def test_stage1_adds_one_percent_per_trigger():
     data = poison(generate(1000, 0), parse_trigger("badnet"), parse_behavior("refusal"), 0.2, 0)
     defense = make_defense("mb-defense")
     out = defense.before_training(data)
     roles = [e.meta.get("poisoned") for e in out]
     assert roles.count("defense") == 40            # 4 triggers x 1% of 1000
-    assert len(out) == 1000
+    assert roles.count("attack") == 200            # every attacker example kept
+    assert len(out) == 1040
     per_trigger = {}
     for e in out:
         if e.meta.get("poisoned") == "defense":
@@ -39,6 +40,7 @@ def test_min_per_trigger_floor():
     defense = make_defense("mb-defense", stage1=DefensivePoisoningConfig(min_per_trigger=25))
     out = defense.before_training(generate(500, 1))
     assert sum(e.meta.get("poisoned") == "defense" for e in out) == 100
+    assert len(out) == 600
 
 
 def test_only_stage1_defenses_change_data():
