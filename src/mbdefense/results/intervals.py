@@ -143,9 +143,10 @@ def binomial_metrics(row: Mapping[str, Any]) -> list[str]:
 
 
 def with_intervals(row: Mapping[str, Any], confidence: float = CONFIDENCE) -> Row:
-    """``row`` with ``{metric}_ci`` (``[lo, hi]`` or ``None``) for each binomial metric."""
+    """``row`` with ``{metric}_ci`` (``[lo, hi]``, or ``None`` without prompts) for each
+    binomial metric the row holds a value of."""
     out = dict(row)
-    for metric in [m for m in BINOMIAL if m in row] + binomial_metrics(row):
+    for metric in [m for m in BINOMIAL if _number(row.get(m))] + binomial_metrics(row):
         interval = row_interval(row, metric, confidence)
         out[f"{metric}_ci"] = list(interval) if interval is not None else None
     return out

@@ -110,3 +110,9 @@ def test_the_document_carries_row_intervals_and_a_summary(tmp_path):
     assert summary["seeds"] == [0, 1, 2] and summary["interval"] == "t over seeds"
     assert data["intervals"] == {"confidence": 0.95, "one_seed": "wilson",
                                  "several_seeds": "t over seeds"}
+
+
+def test_a_metric_not_measured_gets_no_interval_field():
+    row = with_intervals(_row(0, judge_unparsed_share=None, echo_cacc=0.25))
+    assert "judge_unparsed_share_ci" not in row
+    assert row["echo_cacc_ci"] == pytest.approx(list(wilson(25, 100)))
