@@ -177,19 +177,39 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.generator:
         overrides.append(f"generation.backend={args.generator}")
     spec = load_run_spec(args.config, overrides)
+    executor = _executor(args)
     print(describe(spec))
+    if executor.name != "local":
+        from mbdefense.runs.executors import describe_tasks
+
+        print(describe_tasks(spec, executor))
     if args.dry_run:
         return 0
     from mbdefense.runs.experiment import run_spec
     from mbdefense.runs.outputs import check_output_dir
 
     out = check_output_dir(args.out or Path("runs") / spec.name, command="run",
-                           marker=("results.json", "cache/cells"), inputs=[args.config],
-                           force=args.force)
+                           marker=("results.json", "cache/cells", "slurm-logs"),
+                           inputs=[args.config], force=args.force)
     doc = run_spec(spec, out, cache_dir=args.cache_dir, log=_log(args),
-                   progress=_progress(args))
+                   progress=_progress(args), executor=executor)
     _finish(doc, out)
     return 0
+
+
+def _executor(args: argparse.Namespace) -> Any:
+    """``run --executor``'s options; a missing engine is one line (the cluster extra)."""
+    from mbdefense.runs.executors import ExecutorOptions, parse_slurm_options, require
+
+    options = ExecutorOptions(
+        name=args.executor, gpus_per_task=args.gpus_per_task, cpus_per_task=args.cpus_per_task,
+        ray_address=args.ray_address, slurm_partition=args.slurm_partition,
+        slurm_time=args.slurm_time, slurm_cluster=args.slurm_cluster,
+        slurm_options=parse_slurm_options(args.slurm_option),
+        worker_logs=not getattr(args, "quiet", False))
+    if options.name != "local":
+        require(options.name)
+    return options
 
 
 def _cmd_analyze(args: argparse.Namespace) -> int:

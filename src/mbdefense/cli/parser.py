@@ -176,6 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="validate the config and print the plan; train nothing")
     run.add_argument("--generator", choices=["plain", "vllm"], default=None,
                      help="evaluation backend (same as generation.backend=...)")
+    _executor_options(run)
     _common(run, force=True)
 
     analyze = _sub(sub, "analyze", "why the defense works (paper section 5): cross-trigger "
@@ -210,6 +211,32 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--out", default=None,
                         help="output folder (default: the run folder, when there is one)")
     return parser
+
+
+def _executor_options(run: argparse.ArgumentParser) -> None:
+    """``run --executor``: the grid's cells as tasks on Ray or SLURM (the cluster extra)."""
+    group = run.add_argument_group("cluster (--executor ray or slurm; see docs/cluster.md)")
+    group.add_argument("--executor", choices=["local", "ray", "slurm"], default="local",
+                       help="local: this process, one cell after another; ray: tasks on a Ray "
+                            "cluster; slurm: SLURM jobs through submitit (default: %(default)s)")
+    group.add_argument("--gpus-per-task", type=int, default=None, metavar="N",
+                       help="GPUs each fine-tune or cell asks for, 0 or 1 (a task is one "
+                            "process; default: 1 on SLURM; on Ray 1 when the cluster has GPUs, "
+                            "else 0)")
+    group.add_argument("--cpus-per-task", type=int, default=None, metavar="N",
+                       help="CPUs each task asks for (default: 1 on Ray, 4 on SLURM)")
+    group.add_argument("--ray-address", default=None,
+                       help="join this Ray cluster (e.g. auto, or ray://HOST:10001; default: "
+                            "start one on this machine)")
+    group.add_argument("--slurm-partition", default=None, help="the jobs' partition")
+    group.add_argument("--slurm-time", type=int, default=240, metavar="MINUTES",
+                       help="time limit of each job (default: %(default)s)")
+    group.add_argument("--slurm-option", action="append", default=[], metavar="KEY=VALUE",
+                       help="another sbatch option, e.g. account=abc, qos=high, mem=64G "
+                            "(repeatable)")
+    group.add_argument("--slurm-cluster", choices=["slurm", "local", "debug"], default="slurm",
+                       help="local: run the jobs as processes on this machine, debug: in this "
+                            "process (to try a grid without SLURM; default: %(default)s)")
 
 
 def _common(parser: argparse.ArgumentParser, *, force: bool) -> None:

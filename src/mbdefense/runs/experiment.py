@@ -91,15 +91,28 @@ def spec_json(spec: RunSpec) -> dict[str, Any]:
 
 
 def run_spec(spec: RunSpec, out: str | Path, *, cache_dir: str | Path | None = None,
-             progress: bool = True, log: Callable[[str], None] = print) -> ResultsDocument:
+             progress: bool = True, log: Callable[[str], None] = print,
+             executor: Any = None) -> ResultsDocument:
     """Run every cell (or load it from the cache); ``out/results.json`` is rewritten after each
-    attacked model, so a partial run shows what is finished."""
+    attacked model, so a partial run shows what is finished. ``executor``: an
+    :class:`~mbdefense.runs.executors.ExecutorOptions` (None: this process, one group after
+    another; ``ray`` or ``slurm``: the cells as tasks of a graph, the same rows in the same
+    order)."""
     out = Path(out)
     cache = str(Path(cache_dir) if cache_dir is not None else out / "cache")
     start = time.time()
     tracker = Progress(spec.n_cells, log)
     doc = ResultsDocument(name=spec.name, description=spec.description, config=spec_json(spec),
                           metadata=run_metadata(spec.description))
+    if executor is not None and executor.name != "local":
+        from mbdefense.runs.executors import run_graph
+
+        def write() -> None:
+            doc.wall_seconds = time.time() - start
+            doc.write(out / "results.json")
+
+        return run_graph(spec, cache, executor, doc, logs=out / "slurm-logs",
+                         on_cell=tracker.cell, on_group=write, log=log)
     for n, (model, seed, attack, behavior) in enumerate(spec.groups, 1):
         log(f"== {n}/{len(spec.groups)}: model {model.row_name}, seed {seed}, attack {attack}, "
             f"behaviour {behavior}")
