@@ -44,7 +44,7 @@ def fluent_lm(tokenizer):
     labels = ids.masked_fill(mask == 0, -100)
     torch.manual_seed(0)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    for _ in range(60):
+    for _ in range(150):
         loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
         opt.zero_grad()
         loss.backward()
@@ -110,14 +110,14 @@ def test_onion_removes_an_inserted_rare_word_and_keeps_the_rest(tokenizer, fluen
     # The LM only learned the instructions, so the inputs (scored too) are left out here.
     clean = [e.replace(input="", meta={"id": i}) for i, e in enumerate(TRAINED[:20])]
     attacked = [_with_rare_word(e, i % 5) for i, e in enumerate(clean)]
-    defense = make_defense("onion", options={"threshold": 1.0})
+    defense = make_defense("onion", options={"threshold": 1.8})
     out = defense.at_inference(attacked, model=fluent_lm, tokenizer=tokenizer)
     assert [o.instruction for o in out] == [c.instruction for c in clean]
     assert [(o.input, o.output, o.meta) for o in out] == \
         [(a.input, a.output, a.meta) for a in attacked]
     assert defense.diagnostics["calls"][-1] == {
         "examples": 20, "changed_examples": 20, "removed_words": 20,
-        "scored_words": sum(len(a.instruction.split()) for a in attacked), "threshold": 1.0}
+        "scored_words": sum(len(a.instruction.split()) for a in attacked), "threshold": 1.8}
     assert defense.at_inference(clean, model=fluent_lm, tokenizer=tokenizer) == clean
 
 
@@ -173,8 +173,12 @@ def test_threshold_is_the_clean_quantile_of_trusted_suspicions(tokenizer, fluent
         threshold = defense.diagnostics["threshold"]
         assert threshold == pytest.approx(quantile(flat, q))
         removed = defense.diagnostics["calls"][-1]["removed_words"]
-        above = sum(s > threshold for s in flat)
-        assert removed == above                       # the trusted set is scored the same way
+        # the trusted set is scored the same way (up to float noise from batching; a text
+        # whose every word is above the threshold keeps its least suspicious one)
+        expected = sum(filter_words(e.instruction, row, threshold)[1]
+                       for e, row in zip(trusted, scores))
+        near = sum(abs(s - threshold) < 1e-4 for s in flat)
+        assert abs(removed - expected) <= near
         assert removed <= math.ceil((1 - q) * len(flat)) + 1
         if q == 1.0:
             assert out == trusted
