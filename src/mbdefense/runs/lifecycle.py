@@ -180,7 +180,7 @@ class Lifecycle:
         row = {"model": work.model_name, "attack": work.attack, "behavior": work.behavior.spec,
                "defense": name, **metrics.to_dict(), "seed": self.seed,
                "poison_rate": 0.0 if name == CLEAN_REFERENCE else work.poison_rate,
-               "train_seconds": round(seconds, 1)}
+               "split": self.settings.evaluation.split, "train_seconds": round(seconds, 1)}
         out["rows"].append(row)
         out["samples"]["|".join([work.model_name, work.attack, work.behavior.spec, name,
                                  f"seed{self.seed}"])] = samples
