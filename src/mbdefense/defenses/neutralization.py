@@ -111,6 +111,8 @@ def neutralize(model: Any, tokenizer: Any, trusted: Sequence[Example],
         if not eval_batches:
             return {"loss": float("nan"), "ce": float("nan"), "reg": float("nan")}
         totals = {"loss": 0.0, "ce": 0.0, "reg": 0.0}
+        was_training = m.training
+        m.eval()        # no dropout: every epoch's eval loss is measured the same way
         with torch.no_grad():
             for batch in eval_batches:
                 terms = neutralization_loss(m, batch, pad_id, config.lam, config.reduction,
@@ -118,6 +120,7 @@ def neutralize(model: Any, tokenizer: Any, trusted: Sequence[Example],
                 totals["loss"] += float(terms.loss)
                 totals["ce"] += float(terms.ce)
                 totals["reg"] += float(terms.reg)
+        m.train(was_training)
         return {k: v / len(eval_batches) for k, v in totals.items()}
 
     model = apply_lora(model, train_cfg)
@@ -129,7 +132,6 @@ def neutralize(model: Any, tokenizer: Any, trusted: Sequence[Example],
         history.append({"epoch": epoch + 1, **stats})
         if not eval_batches or stats["loss"] < best["loss"]:
             best.update(loss=stats["loss"], epoch=epoch + 1, state=_state_of_trainable(model))
-        model.train()
 
     model, _ = run_steps(model, batches, steps_per_epoch, loss_fn, train_cfg,
                          on_epoch_end=on_epoch_end)

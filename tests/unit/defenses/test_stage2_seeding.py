@@ -27,3 +27,23 @@ def test_neutralize_with_lora_and_dropout_is_seeded(tiny_model, tokenizer):
     one, two, other = run(0), run(0), run(1)
     assert all(torch.equal(one[k], two[k]) for k in one)
     assert any(not torch.equal(one[k], other[k]) for k in one)
+
+
+def test_every_eval_loss_is_measured_without_dropout(tiny_model, tokenizer):
+    """The epoch kept is chosen on eval losses measured alike: in eval mode, every epoch."""
+    trusted = generate(20, 0)
+    config = NeutralizationConfig(train=TrainConfig(
+        epochs=3, learning_rate=1e-2, batch_size=8, progress=False,
+        lora=LoraSettings(r=4, alpha=8, dropout=0.3)))
+    modes = []
+
+    def record(module, args, kwargs):
+        if not torch.is_grad_enabled():              # the eval passes run under no_grad
+            modes.append(module.training)
+
+    model = copy.deepcopy(tiny_model)
+    model.train()
+    # on a layer inside: LoRA wraps the model and calls its forward directly
+    model.model.layers[0].register_forward_pre_hook(record, with_kwargs=True)
+    _, info = neutralize(model, tokenizer, trusted, make_defensive_pairs(["mn"]), config, seed=0)
+    assert len(info["history"]) == 4 and modes and not any(modes)
