@@ -35,6 +35,8 @@ DEFEND_OPTIONS: tuple[tuple[str, tuple[str, ...], str], ...] = (
                                            "(mean|sum)"),
     ("--stage2-triggers", ("stage2.triggers_per_step",), "defensive triggers per trusted "
                                                          "example in a stage-2 step (all|one)"),
+    ("--stage1-mode", ("stage1.mode",), "add the defensive examples to the training set, or "
+                                        "replace training examples with them (add|replace)"),
     ("--min-per-trigger", ("stage1.min_per_trigger",), "at least this many defensive examples "
                                                        "per trigger"),
     ("--implant-threshold", ("stage1.implant_threshold",), "after stage 1, each defensive "
