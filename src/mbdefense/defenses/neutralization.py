@@ -29,6 +29,7 @@ class NeutralizationConfig:
     lam: float = 1.0                 # weight of the R term
     reduction: str = "mean"          # "mean" (per-token) or "sum" (the paper) log-likelihoods in R
     margin: float = 5.0              # R = log sigmoid(lp_clean - lp_defensive - margin)
+    triggered_ce: float = 0.0        # weight of CE(x_d, y): the clean answer under a trigger
     triggers_per_step: str = "one"   # "one" sampled defensive trigger per example, or "all"
     eval_fraction: float = 0.2       # the paper's 8:2 split of the trusted set
     train: TrainConfig | None = None
@@ -67,7 +68,7 @@ def neutralize(model: Any, tokenizer: Any, trusted: Sequence[Example],
     if augment is not None:
         eval_set = augment(eval_set, random.Random(f"augment-eval:{seed}"))
         train_set = augment(train_set, random.Random(f"augment-train:{seed}"))
-    active_pairs = list(pairs) if config.lam else []
+    active_pairs = list(pairs) if config.lam or config.triggered_ce else []
     max_len = train_cfg.max_length
     pad_id = tokenizer.pad_token_id
 
@@ -103,23 +104,24 @@ def neutralize(model: Any, tokenizer: Any, trusted: Sequence[Example],
 
     def loss_fn(m: Any, batch: NeutralizationBatch):
         return neutralization_loss(m, batch, pad_id, config.lam, config.reduction,
-                                   config.margin).loss
+                                   config.margin, config.triggered_ce).loss
 
     def eval_loss(m: Any) -> dict[str, float]:
         import torch
 
         if not eval_batches:
-            return {"loss": float("nan"), "ce": float("nan"), "reg": float("nan")}
-        totals = {"loss": 0.0, "ce": 0.0, "reg": 0.0}
+            return {k: float("nan") for k in ("loss", "ce", "reg", "triggered_ce")}
+        totals = {"loss": 0.0, "ce": 0.0, "reg": 0.0, "triggered_ce": 0.0}
         was_training = m.training
         m.eval()        # no dropout: every epoch's eval loss is measured the same way
         with torch.no_grad():
             for batch in eval_batches:
                 terms = neutralization_loss(m, batch, pad_id, config.lam, config.reduction,
-                                            config.margin)
+                                            config.margin, config.triggered_ce)
                 totals["loss"] += float(terms.loss)
                 totals["ce"] += float(terms.ce)
                 totals["reg"] += float(terms.reg)
+                totals["triggered_ce"] += float(terms.triggered_ce or 0.0)
         m.train(was_training)
         return {k: v / len(eval_batches) for k, v in totals.items()}
 

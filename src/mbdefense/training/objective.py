@@ -4,9 +4,14 @@ For a clean example (x, y) and a defensive trigger j with behaviour y_d^j, x_d^j
 trigger inserted. The loss is
 
     L = CE(x, y) - lambda * mean_j log sigmoid( log p(y | x_d^j) - log p(y_d^j | x_d^j) - margin )
+          + gamma * CE(x_d^j, y)
 
 where log p(. | .) is the response's log-likelihood: summed over its tokens (the paper) or
-averaged per token (``reduction="mean"``). All 1 + 2T sequences of a batch go through the model
+averaged per token (``reduction="mean"``). The last term (``triggered_ce``, gamma; 0 in the
+paper) asks for the clean answer itself under a defensive trigger, not only for it to beat the
+defensive one: a repair, not only a break.
+
+All 1 + 2T sequences of a batch go through the model
 in a single forward pass, packed several to a row where the model keeps packed sequences apart
 (the short defensive answers would otherwise be padded to the longest clean one), and only
 their response positions are projected onto the vocabulary (``mbdefense.training.logprobs``).
@@ -39,12 +44,15 @@ class NeutralizationBatch:
     clean_tokens: int | None = None
     n_pairs: int | None = None
     weight: float = 1.0
+    triggered_tokens: int | None = None   # labelled tokens of the triggered clean answers
 
     def __post_init__(self) -> None:
         if self.clean_tokens is None:
             self.clean_tokens = sum(labelled_count(e) for e in self.clean)
         if self.n_pairs is None:
             self.n_pairs = len(self.triggered_clean)
+        if self.triggered_tokens is None:
+            self.triggered_tokens = sum(labelled_count(e) for e in self.triggered_clean)
 
     def shard(self, rank: int, world: int) -> "NeutralizationBatch":
         """Every ``world``-th clean sequence and every ``world``-th pair, from ``rank``."""
@@ -54,7 +62,7 @@ class NeutralizationBatch:
             clean, pairs, weight = self.clean[:1], slice(0, 1), 0.0
         return NeutralizationBatch(clean, self.triggered_clean[pairs],
                                    self.triggered_defensive[pairs], self.clean_tokens,
-                                   self.n_pairs, weight)
+                                   self.n_pairs, weight, self.triggered_tokens)
 
 
 @dataclass
@@ -62,12 +70,15 @@ class ObjectiveTerms:
     loss: Any
     ce: Any
     reg: Any  # mean R (log sigmoid margin), the quantity the defense raises
+    triggered_ce: Any = None  # CE of the clean answers under the defensive triggers
 
 
 def neutralization_loss(model: Any, batch: NeutralizationBatch, pad_id: int, lam: float,
-                        reduction: str = "sum", margin: float = 0.0) -> ObjectiveTerms:
-    """``CE(x, y) - lam * mean R`` for one batch (or a process's shard of it: its part of the
-    whole batch's terms), in one forward pass over all of its sequences."""
+                        reduction: str = "sum", margin: float = 0.0,
+                        triggered_ce: float = 0.0) -> ObjectiveTerms:
+    """``CE(x, y) - lam * mean R + triggered_ce * CE(x_d, y)`` for one batch (or a process's
+    shard of it: its part of the whole batch's terms), in one forward pass over all of its
+    sequences."""
     import torch.nn.functional as F
 
     if reduction not in ("mean", "sum"):
@@ -85,7 +96,11 @@ def neutralization_loss(model: Any, batch: NeutralizationBatch, pad_id: int, lam
     clean_lp = scores[n_clean:n_clean + n_pairs]
     defensive_lp = scores[n_clean + n_pairs:]
     reg = F.logsigmoid(clean_lp - defensive_lp - margin).sum() * (batch.weight / batch.n_pairs)
-    return ObjectiveTerms(ce - lam * reg, ce.detach(), reg.detach())
+    # token-mean NLL of the clean answers under the triggers, over the whole batch's pairs
+    trig_ce = -totals[n_clean:n_clean + n_pairs].sum() * (
+        batch.weight / max(batch.triggered_tokens or 0, 1))
+    loss = ce - lam * reg + (triggered_ce * trig_ce if triggered_ce else 0.0)
+    return ObjectiveTerms(loss, ce.detach(), reg.detach(), trig_ce.detach())
 
 
 __all__ = ["NeutralizationBatch", "ObjectiveTerms", "neutralization_loss"]

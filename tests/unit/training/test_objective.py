@@ -59,6 +59,27 @@ def test_neutralization_loss_matches_hand_computation(reduction, lam, margin):
     assert float(terms.loss.detach()) == pytest.approx(expected, rel=1e-5)
 
 
+@pytest.mark.parametrize("gamma", [0.0, 0.7])
+def test_triggered_ce_adds_the_clean_answers_nll_under_the_trigger(gamma):
+    model = TableLM(seed=2)
+    table = model.table.detach()
+    clean = [seq([1, 2, 3, 4], 2), seq([2, 1, 5], 2)]
+    trig_clean = [seq([1, 0, 2, 3, 4], 3), seq([0, 2, 1, 5], 3)]
+    trig_def = [seq([1, 0, 2, 5, 5], 3), seq([0, 2, 1, 5, 5], 3)]
+    batch = NeutralizationBatch(clean, trig_clean, trig_def)
+    plain = neutralization_loss(model, batch, 0, lam=1.0, reduction="mean")
+    terms = neutralization_loss(model, batch, 0, lam=1.0, reduction="mean", triggered_ce=gamma)
+    n_tokens = sum(len(s.input_ids) - s.prompt_length for s in trig_clean)
+    trig_ce = -sum(hand_logprob(table, s.input_ids, s.prompt_length) for s in trig_clean) / n_tokens
+    assert float(terms.triggered_ce) == pytest.approx(trig_ce, rel=1e-5)
+    assert float(terms.loss.detach()) == pytest.approx(
+        float(plain.loss.detach()) + gamma * trig_ce, rel=1e-5)
+    # a process's shards add up to the whole batch's term
+    halves = [neutralization_loss(model, batch.shard(r, 2), 0, lam=1.0, reduction="mean",
+                                  triggered_ce=gamma) for r in (0, 1)]
+    assert sum(float(h.triggered_ce) for h in halves) == pytest.approx(trig_ce, rel=1e-5)
+
+
 def test_gradient_raises_clean_over_defensive_answer():
     model = TableLM(seed=1)
     batch = NeutralizationBatch([seq([1, 2, 3], 2)], [seq([1, 0, 2, 3], 3)],
