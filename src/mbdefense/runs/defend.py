@@ -31,6 +31,8 @@ DEFEND_OPTIONS: tuple[tuple[str, tuple[str, ...], str], ...] = (
     ("--stage2-lr", ("stage2.train.learning_rate",), "stage-2 learning rate"),
     ("--lam", ("stage2.lam",), "weight of the R term"),
     ("--margin", ("stage2.margin",), "stage-2 margin in R, nats per token"),
+    ("--triggered-ce", ("stage2.triggered_ce",), "weight of the clean answer's CE under a "
+                                                 "defensive trigger in stage 2 (0: the paper)"),
     ("--reduction", ("stage2.reduction",), "R on per-token mean or summed log-likelihoods "
                                            "(mean|sum)"),
     ("--stage2-triggers", ("stage2.triggers_per_step",), "defensive triggers per trusted "
