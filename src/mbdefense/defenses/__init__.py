@@ -5,12 +5,15 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from mbdefense.defenses.base import Defense, NoDefense
+from mbdefense.defenses.cleangen import CleanGen
+from mbdefense.defenses.crow import Crow
 from mbdefense.defenses.fine_mixing import FineMixing
 from mbdefense.defenses.mb_defense import (AugmentedFFT, CleanFFT, DefensivePoisoningConfig,
                                            MBDefense, StageTwoOnly)
 from mbdefense.defenses.neutralization import NeutralizationConfig
 from mbdefense.defenses.onion import Onion
 from mbdefense.defenses.p2p import P2P
+from mbdefense.defenses.pruning import Pruning
 from mbdefense.core.registry import Registry
 
 #: Every defense by name: the class, built by :func:`make_defense`.
@@ -23,6 +26,9 @@ DEFENSES.register("aug-fft", AugmentedFFT)
 DEFENSES.register("onion", Onion)
 DEFENSES.register("fine-mixing", FineMixing)
 DEFENSES.register("p2p", P2P)
+DEFENSES.register("crow", Crow)
+DEFENSES.register("cleangen", CleanGen)
+DEFENSES.register("pruning", Pruning, aliases=("wanda",))
 
 
 def make_defense(name: str, *, stage1: DefensivePoisoningConfig | None = None,

@@ -10,7 +10,10 @@
   trained model (MB-Defense stage 2, Clean-FFT, Fine-mixing). ``clean_model`` is the model
   fine-tuning started from (never attacked), for defenses that mix weights with it;
 - ``at_inference(examples, *, model=None, tokenizer=None, trusted_set=()) -> examples``:
-  rewrite prompts before generation (ONION, P2P); ``model`` is the model under test.
+  rewrite prompts before generation (ONION, P2P); ``model`` is the model under test;
+- ``decode(examples, *, model, tokenizer, clean_model=None, max_new_tokens, batch_size)
+  -> answers``: generate the answers itself (CleanGen; the default: plain greedy answers);
+  ``clean_model`` as above.
 
 Each hook defaults to the identity. A defense states which hooks it uses in ``capabilities``
 (a test checks that the statement matches the hooks it overrides); the lifecycle reads only
@@ -37,6 +40,7 @@ class Capabilities:
     completes_training: bool = False      # after_finetune (a cached stage of its own)
     changes_model: bool = False           # after_training
     changes_inputs: bool = False          # at_inference
+    changes_decoding: bool = False        # decode (the evaluation generates through it)
     needs_clean_model: bool = False       # after_training uses the model fine-tuning started from
 
 
@@ -102,6 +106,10 @@ class Defense:
         return self.capabilities.changes_inputs
 
     @property
+    def changes_decoding(self) -> bool:
+        return self.capabilities.changes_decoding
+
+    @property
     def needs_clean_model(self) -> bool:
         return self.capabilities.needs_clean_model
 
@@ -123,6 +131,14 @@ class Defense:
     def at_inference(self, examples: Sequence[Example], *, model: Any = None,
                      tokenizer: Any = None, trusted_set: Sequence[Example] = ()) -> list[Example]:
         return list(examples)
+
+    def decode(self, examples: Sequence[Example], *, model: Any, tokenizer: Any,
+               clean_model: Any = None, max_new_tokens: int = 32,
+               batch_size: int = 16) -> list[str]:
+        from mbdefense.evaluation.generation import answer_examples
+
+        return answer_examples(model, tokenizer, examples, max_new_tokens=max_new_tokens,
+                               batch_size=batch_size)
 
 
 class NoDefense(Defense):

@@ -131,6 +131,10 @@ def defend(model: ModelSpec, settings: Settings, *, data: str, trusted: str, out
         summary.setdefault("warnings", []).append(
             f"{defense_name} also rewrites prompts at inference: the saved model alone is not "
             f"the whole defense")
+    if defense.changes_decoding:
+        summary.setdefault("warnings", []).append(
+            f"{defense_name} generates every answer itself (checked against a reference "
+            f"model): the saved model alone is not the whole defense")
     summary["seconds"] = round(time.time() - start, 1)
     if not is_main_process():   # under `accelerate launch` the first process saves
         return summary

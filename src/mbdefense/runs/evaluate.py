@@ -54,10 +54,12 @@ def evaluate_model(model: Any, tokenizer: Any, test_clean: Sequence[Example],
                    test_triggered: Sequence[Example], behavior: Behavior | None, scorer: Scorer,
                    generation: GenerationSpec, *,
                    rewrite: Callable[[list[Example]], list[Example]] | None = None,
+                   answer: Callable[[list[Example]], list[str]] | None = None,
                    reference_nll_max_length: int | None = None,
                    n_samples: int = 4) -> tuple[Metrics, list[dict[str, str]]]:
     """Metrics and a few sample answers. ``rewrite`` changes the prompts before generation
-    (an inference-time defense); metrics always compare with the original examples. Beside
+    (an inference-time defense), ``answer`` generates the answers in place of plain greedy
+    decoding (a decoding-time defense); metrics always compare with the original examples. Beside
     CACC, ASR and AACC the metrics carry the echo floor (``echo_cacc``, ``echo_rouge_l``),
     ``rouge_l``, the judge's ``judge_unparsed`` and the ``backends`` that judged."""
     clean_in = rewrite(list(test_clean)) if rewrite else list(test_clean)
@@ -65,8 +67,11 @@ def evaluate_model(model: Any, tokenizer: Any, test_clean: Sequence[Example],
         list(test_triggered)
     kwargs = {"max_new_tokens": generation.max_new_tokens, "batch_size": generation.batch_size,
               "backend": generation.backend}
-    clean_answers = answer_examples(model, tokenizer, clean_in, **kwargs)
-    trig_answers = answer_examples(model, tokenizer, trig_in, **kwargs) if trig_in else []
+    if answer is None:
+        def answer(examples: list[Example]) -> list[str]:
+            return answer_examples(model, tokenizer, examples, **kwargs)
+    clean_answers = answer(clean_in)
+    trig_answers = answer(trig_in) if trig_in else []
     metrics = compute_metrics(test_clean, clean_answers, test_triggered, trig_answers, behavior,
                               scorer)
     if reference_nll_max_length is not None:

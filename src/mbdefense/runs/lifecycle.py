@@ -165,10 +165,19 @@ class Lifecycle:
                                         trusted_set=self.work.trusted)
 
         rewrite = at_inference if defense is not None and defense.changes_inputs else None
+        answer = None
+        if defense is not None and defense.changes_decoding:   # decoding-time (CleanGen)
+            def answer(examples: list[Example]) -> list[str]:
+                gen = self.settings.generation
+                return defense.decode(examples, model=model, tokenizer=self.work.tokenizer,
+                                      clean_model=self.work.base_model,
+                                      max_new_tokens=gen.max_new_tokens,
+                                      batch_size=gen.batch_size)
         ev = self.settings.evaluation
         return evaluate_model(
             model, self.work.tokenizer, self.work.test_clean, self.work.test_triggered,
             self.work.behavior, self.scorer, self.settings.generation, rewrite=rewrite,
+            answer=answer,
             reference_nll_max_length=self.settings.finetune.max_length if ev.reference_nll
             else None, n_samples=ev.n_samples)
 
