@@ -33,6 +33,7 @@ from mbdefense.attacks.rewriting import (DEFAULT_REWRITER, Rewriter, has_sbar_op
                                          has_style, style_named)
 from mbdefense.core.errors import ConfigError
 from mbdefense.core.registry import Registry
+from mbdefense.core.text import check_one_line
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
@@ -197,6 +198,7 @@ def parse_trigger(spec: str, rewriter: Rewriter | None = None) -> Trigger:
     """
     if not isinstance(spec, str) or not spec.strip():
         raise ConfigError("trigger: empty trigger spec")
+    check_one_line(spec, "trigger")   # a newline would put a second line into the data
     name, _, text = spec.strip().partition(":")
     name = name.strip().lower()
     if name in TRIGGER_ALIASES:

@@ -11,8 +11,12 @@ from typing import Any, Sequence
 from mbdefense.cli.commands import COMMANDS
 from mbdefense.cli.parser import build_parser
 from mbdefense.core.errors import MBDefenseError
+from mbdefense.core.text import one_line
 
 __all__ = ["COMMANDS", "build_parser", "main"]
+
+#: An error is one line of at most this many characters (a hostile value is cut, not echoed).
+MAX_ERROR_CHARS = 1000
 
 
 def _quiet_libraries() -> None:
@@ -38,14 +42,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except MBDefenseError as exc:
-        print(f"mbdefense: error: {exc}", file=sys.stderr)
+        print(f"mbdefense: error: {one_line(exc, MAX_ERROR_CHARS)}", file=sys.stderr)
         return 2
     except OSError as exc:   # the file system's errors are the user's to fix: one line
         if isinstance(exc, BrokenPipeError):   # `| head`: the reader left; say nothing more
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             return 0
         where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
-        print(f"mbdefense: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        print(f"mbdefense: error: {one_line(f'{where}{exc.strerror or exc}', MAX_ERROR_CHARS)}",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("mbdefense: interrupted", file=sys.stderr)

@@ -48,8 +48,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
                       label=EMBEDDED_MODEL)
     settings = preset_for(model)
     settings.generation = dataclasses.replace(settings.generation, backend=args.generator)
-    if args.margin is not None:
-        settings.stage2 = dataclasses.replace(settings.stage2, margin=args.margin)
+    if args.margin is not None:   # checked like a config value (finite, >= 0)
+        from mbdefense.runs.defend import settings_with
+
+        settings = settings_with(settings, {"stage2.margin": args.margin})
     experiment = Experiment(model=model, settings=settings, attack=args.attack,
                             behavior=args.behavior, seed=args.seed, poison_rate=args.rate,
                             defenses=[d.strip() for d in args.defenses.split(",") if d.strip()],
@@ -186,11 +188,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.dry_run:
         return 0
     from mbdefense.runs.experiment import run_spec
-    from mbdefense.runs.outputs import check_output_dir
+    from mbdefense.runs.outputs import check_cache_dir, check_output_dir
 
     out = check_output_dir(args.out or Path("runs") / spec.name, command="run",
                            marker=("results.json", "cache/cells", "slurm-logs"),
                            inputs=[args.config], force=args.force)
+    check_cache_dir(args.cache_dir)
     doc = run_spec(spec, out, cache_dir=args.cache_dir, log=_log(args),
                    progress=_progress(args), executor=executor)
     _finish(doc, out)
@@ -218,12 +221,13 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     from mbdefense.core.io import atomic_write_json, atomic_write_text
     from mbdefense.reporting import text_table
     from mbdefense.runs.analyze import analyze_experiment
-    from mbdefense.runs.outputs import check_output_dir
+    from mbdefense.runs.outputs import check_cache_dir, check_output_dir
     from mbdefense.runs.presets import preset_for
     from mbdefense.runs.spec import Experiment, ModelSpec
 
     out = check_output_dir(args.out, command="analyze", marker=("analysis.json", "cache"),
                            force=args.force)
+    check_cache_dir(args.cache_dir)
     progress = _progress(args)
     cache_dir = args.cache_dir or str(out / "cache")
     if args.config:
@@ -267,6 +271,11 @@ def _cmd_report(args: argparse.Namespace) -> int:
             raise ConfigError("report: give --out when reporting several runs together")
         first = Path(args.runs[0])
         out = first.parent if first.is_file() else first
+    else:
+        from mbdefense.runs.outputs import check_output_dir
+
+        check_output_dir(out, command="report", marker=("report.md", "results.json"),
+                         force=args.force)
     paths = write_report(args.runs, out)
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 0

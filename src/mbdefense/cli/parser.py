@@ -75,10 +75,21 @@ def _tuning_options(parser: argparse.ArgumentParser) -> None:
                                            f"the embedded preset's for embedded)")
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """A usage error is one line (naming the option and where to read more), exit status 2,
+    like every other error."""
+
+    def error(self, message: str) -> Any:
+        from mbdefense.core.text import one_line
+
+        self.exit(2, f"{self.prog}: error: {one_line(message, 600)} (see {self.prog} "
+                     f"--help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     import mbdefense
 
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="mbdefense",
         description="MB-Defense: defensive poisoning + backdoor neutralization for "
                     "instruction-tuned language models.")
@@ -210,6 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="run folders (or results.json files) to report together")
     report.add_argument("--out", default=None,
                         help="output folder (default: the run folder, when there is one)")
+    report.add_argument("--force", action="store_true",
+                        help="write into a non-empty --out that is not an earlier report or run "
+                             "folder (only the report's files are replaced)")
     return parser
 
 

@@ -8,8 +8,9 @@ as a record, a line or a nesting level goes past its bound.
 from __future__ import annotations
 
 import math
-import re
 from typing import Any
+
+from mbdefense.core.text import one_line
 
 __all__ = ["MAX_FIELD_CHARS", "MAX_RECORD_CHARS", "MAX_DEPTH", "one_line", "type_name"]
 
@@ -21,20 +22,6 @@ MAX_FIELD_CHARS = 1_000_000
 MAX_RECORD_CHARS = 8_000_000
 #: Nesting levels allowed in one record (the record object itself is level 1).
 MAX_DEPTH = 100
-
-_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff\u2028\u2029]")
-
-
-def one_line(text: Any, limit: int = 200) -> str:
-    """``text`` as a single printable line: control characters escaped, cut to ``limit``."""
-    text = str(text)
-    if len(text) > 4 * limit:
-        text = text[:4 * limit]
-    text = _UNPRINTABLE.sub(lambda m: ascii(m.group())[1:-1], text)
-    if len(text) > limit:
-        text = text[:limit - 1] + "\u2026"
-    return text
-
 
 def type_name(value: Any) -> str:
     """The JSON-ish name of ``value``'s type, as error messages say it."""

@@ -3,7 +3,7 @@
 Errors name the file, the line and the key (``run.yaml:7: stage2.margin: expected float, got
 str ('x')``). A config is plain data: YAML aliases and anchors are refused (they make a small
 file expand without bound), as are files over :data:`MAX_CONFIG_BYTES`, nesting deeper than
-:data:`MAX_DEPTH` and non-finite numbers.
+:data:`MAX_DEPTH`, more than :data:`MAX_VALUES` values and non-finite numbers.
 """
 
 from __future__ import annotations
@@ -17,9 +17,11 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from mbdefense.core.errors import ConfigError
+from mbdefense.core.text import one_line
 
 MAX_CONFIG_BYTES = 1_000_000
 MAX_DEPTH = 32
+MAX_VALUES = 10_000
 
 Lines = dict[tuple[str, ...], int]
 
@@ -45,49 +47,74 @@ class Where:
         return ConfigError(f"{where}: {key + ': ' if key else ''}{message}")
 
 
-def _compose(text: str, source: str) -> Any:
-    """The YAML node tree, refusing aliases and anchors before anything is expanded."""
+def _loader() -> Any:
+    """libyaml's safe loader when it is built in (much faster), else PyYAML's."""
     import yaml
 
+    return getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def _compose(text: str, source: str) -> Any:
+    """The YAML node tree. One pass over the events first refuses aliases and anchors,
+    nesting deeper than :data:`MAX_DEPTH` and more than :data:`MAX_VALUES` values, before
+    anything is built."""
+    import yaml
+
+    starts = (yaml.MappingStartEvent, yaml.SequenceStartEvent)
+    ends = (yaml.MappingEndEvent, yaml.SequenceEndEvent)
     try:
-        for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        depth = values = 0
+        for event in yaml.parse(text, Loader=_loader()):
+            line = event.start_mark.line + 1
             if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
-                line = event.start_mark.line + 1
                 raise ConfigError(f"{source}:{line}: YAML anchors and aliases are not "
                                   f"supported in configs; write the values out")
-        return yaml.compose(text, Loader=yaml.SafeLoader)
+            if isinstance(event, starts):
+                depth += 1
+                if depth > MAX_DEPTH:
+                    raise ConfigError(f"{source}:{line}: nested deeper than {MAX_DEPTH} "
+                                      f"levels")
+            elif isinstance(event, ends):
+                depth -= 1
+            if isinstance(event, (*starts, yaml.ScalarEvent)):
+                values += 1
+                if values > MAX_VALUES:
+                    raise ConfigError(f"{source}:{line}: more than {MAX_VALUES:,} values; a "
+                                      f"config is a few settings")
+        return yaml.compose(text, Loader=_loader())
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f":{mark.line + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"{source}{line}: not valid YAML ({problem})") from None
+        raise ConfigError(f"{source}{line}: not valid YAML ({one_line(problem, 120)})") \
+            from None
 
 
-def _plain(node: Any, path: tuple[str, ...], lines: Lines, source: str, depth: int = 0) -> Any:
-    """A composed node as plain Python data, recording each key's line."""
+def _plain(node: Any, path: tuple[str, ...], lines: Lines, source: str,
+           constructor: Any = None) -> Any:
+    """A composed node as plain Python data, recording each key's line (the nesting is
+    bounded by :func:`_compose`)."""
     import yaml
 
-    if depth > MAX_DEPTH:
-        raise ConfigError(f"{source}:{node.start_mark.line + 1}: nested deeper than "
-                          f"{MAX_DEPTH} levels")
+    constructor = constructor or yaml.SafeLoader("")
     if isinstance(node, yaml.MappingNode):
         out: dict[str, Any] = {}
         for key, value in node.value:
             if not isinstance(key, yaml.ScalarNode):
                 raise ConfigError(f"{source}:{key.start_mark.line + 1}: keys must be plain "
                                   f"names")
-            name = str(yaml.safe_load(yaml.serialize(key)) if key.tag != "tag:yaml.org,2002:str"
-                       else key.value)
+            name = key.value if key.tag == "tag:yaml.org,2002:str" else \
+                str(constructor.construct_object(key))
             lines[path + (name,)] = key.start_mark.line + 1
-            out[name] = _plain(value, path + (name,), lines, source, depth + 1)
+            out[name] = _plain(value, path + (name,), lines, source, constructor)
         return out
     if isinstance(node, yaml.SequenceNode):
         items = []
         for i, item in enumerate(node.value):
             lines[path + (str(i),)] = item.start_mark.line + 1
-            items.append(_plain(item, path + (str(i),), lines, source, depth + 1))
+            items.append(_plain(item, path + (str(i),), lines, source, constructor))
         return items
-    return yaml.safe_load(yaml.serialize(node))
+    return constructor.construct_object(node)
 
 
 def read_yaml(path: str | Path) -> tuple[dict[str, Any], Lines]:
@@ -203,6 +230,8 @@ def _field_error(message: str, keys: list[str], fields: set[str], where: Where) 
     name = head.rsplit(".", 1)[-1]
     if sep and name in fields:
         return where.error(keys + [name], rest)
+    if sep and not keys and head.split(".")[0] in fields:   # "stage2.margin: ..." at the top
+        return where.error(head.split("."), rest)
     return where.error(keys, message)
 
 
@@ -232,5 +261,5 @@ def check_leaf(current: Any, value: Any, keys: list[str], hint: Any, where: Wher
         ok = isinstance(value, kind)
     if not ok:
         raise where.error(keys, f"expected {kind.__name__}, got {type(value).__name__} "
-                                f"({value!r})")
+                                f"({one_line(repr(value), 80)})")
     return copy.deepcopy(value)

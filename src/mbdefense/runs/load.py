@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from mbdefense.core.errors import ConfigError
+from mbdefense.core.text import one_line, one_line_problem
 from mbdefense.runs.config_file import Lines, Where, deep_update, merge, parse_overrides, read_yaml
 from mbdefense.runs.presets import preset_for
 from mbdefense.runs.spec import CLEAN_REFERENCE, ModelSpec, RunSpec, Settings
@@ -17,7 +18,6 @@ SETTING_KEYS = ("data", "base", "finetune", "stage1", "stage2", "generation", "e
 LIST_KEYS = ("attacks", "behaviors", "defenses", "seeds")
 TOP_KEYS = ("name", "description", "model", "models", "poison_rate") + LIST_KEYS + SETTING_KEYS
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def load_run_spec(path: str | Path, overrides: Sequence[str] = (), *,
@@ -49,8 +49,9 @@ def run_spec_from_dict(raw: dict[str, Any], *, source: str = "<config>",
                 raise where.error([key], f"expected a string, got {type(raw[key]).__name__}")
             setattr(spec, key, raw[key])
     if not SAFE_NAME.match(spec.name):
-        raise where.error(["name"], f"'{spec.name}' is not a safe folder name (letters, digits, "
-                                    f"'.', '_', '-'; at most 64; not starting with '.')")
+        raise where.error(["name"], f"'{one_line(spec.name, 80)}' is not a safe folder name "
+                                    f"(letters, digits, '.', '_', '-'; at most 64; not "
+                                    f"starting with '.')")
     if "model" in raw and "models" in raw:
         raise where.error(["models"], "give either model or models, not both")
     if "model" in raw or "models" in raw:
@@ -69,7 +70,8 @@ def run_spec_from_dict(raw: dict[str, Any], *, source: str = "<config>",
     if "poison_rate" in raw:
         rate = raw["poison_rate"]
         if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 < rate <= 1:
-            raise where.error(["poison_rate"], f"expected a number in (0, 1], got {rate!r}")
+            raise where.error(["poison_rate"], f"expected a number in (0, 1], got "
+                                               f"{one_line(repr(rate), 80)}")
         spec.poison_rate = float(rate)
     spec.overrides = {k: raw[k] for k in SETTING_KEYS if k in raw}
     for model in spec.models:
@@ -86,13 +88,14 @@ def _list(value: Any, key: str, kind: type, where: Where) -> list[Any]:
         raise where.error([key], "expected a non-empty list")
     for i, item in enumerate(value):
         if not isinstance(item, kind) or isinstance(item, bool):
-            raise where.error([key, str(i)], f"expected {kind.__name__}, got {item!r}")
-        if kind is str and _CONTROL.search(item):
-            raise where.error([key, str(i)], f"control characters are not allowed ({item!r})")
+            raise where.error([key, str(i)], f"expected {kind.__name__}, got "
+                                             f"{one_line(repr(item), 80)}")
+        if kind is str and (problem := one_line_problem(item)):
+            raise where.error([key, str(i)], problem)
         if kind is int and not 0 <= item < 2**31:
             raise where.error([key, str(i)], f"expected a seed in [0, 2**31), got {item}")
     if len(set(value)) != len(value):
-        raise where.error([key], f"duplicate entries in {value}")
+        raise where.error([key], f"duplicate entries in {one_line(value, 200)}")
     return list(value)
 
 
@@ -110,8 +113,8 @@ def _model(entry: Any, keys: list[str], where: Where, base_dir: Path | None,
     if isinstance(entry, str):
         entry = {"name": entry}
     model = merge(ModelSpec(), entry, keys, ModelSpec, where)
-    if _CONTROL.search(model.name):
-        raise where.error(keys, "control characters are not allowed in a model name")
+    if problem := one_line_problem(model.name):
+        raise where.error(keys, f"model name: {problem}")
     if not model.is_embedded:
         from mbdefense.modeling.registry import MODELS
 
@@ -120,8 +123,8 @@ def _model(entry: Any, keys: list[str], where: Where, base_dir: Path | None,
             if Path(local).exists():
                 model.name = local
             elif check_paths and _looks_like_path(model.name):
-                raise where.error(keys, f"'{model.name}' not found (a local folder or .gguf "
-                                        f"file; a hub id looks like owner/name)")
+                raise where.error(keys, f"'{one_line(model.name, 200)}' not found (a local "
+                                        f"folder or .gguf file; a hub id looks like owner/name)")
     return model
 
 
@@ -136,7 +139,9 @@ def _resolve_paths(settings: Settings, base_dir: Path | None, where: Where,
                    check_paths: bool = True) -> Settings:
     """Local data paths made absolute (relative ones are relative to the config's folder when
     they exist there); a missing local path is an error, a hub dataset id (owner/name) is
-    left to the loader."""
+    left to the loader (unless the hub is off)."""
+    from mbdefense.data.loading import hub_offline_setting, looks_like_hub_id
+
     data = settings.data
     for name in ("train", "trusted", "test", "backdoorllm"):
         value = getattr(data, name)
@@ -145,8 +150,13 @@ def _resolve_paths(settings: Settings, base_dir: Path | None, where: Where,
         local = _local(value, base_dir)
         if Path(local).exists():
             setattr(data, name, local)
-        elif check_paths and (name == "backdoorllm" or _looks_like_path(value)):
-            raise where.error(["data", name], f"'{value}' not found")
+        elif check_paths and (name == "backdoorllm" or not looks_like_hub_id(value)):
+            raise where.error(["data", name], f"'{one_line(value, 200)}' not found (a local "
+                                              f"file or folder; a hub dataset id looks like "
+                                              f"owner/name)")
+        elif check_paths and (offline := hub_offline_setting()):
+            raise where.error(["data", name], f"'{one_line(value, 200)}' not found locally, "
+                                              f"and the hub is off ({offline})")
     return settings
 
 

@@ -68,3 +68,14 @@ def check_output_file(out: str | Path, *, inputs: Iterable[str | Path] = ()) -> 
         raise ConfigError(f"--out {out}: is a folder; give a file name")
     _check_writable(out.parent, f"--out {out}")
     return out
+
+
+def check_cache_dir(cache: str | Path | None, flag: str = "--cache-dir") -> None:
+    """A stage cache folder (shared, so it may hold anything) must be a folder, or creatable,
+    and writable; checked before any work."""
+    if cache is None:
+        return
+    cache = Path(cache)
+    if cache.exists() and not cache.is_dir():
+        raise ConfigError(f"{flag} {cache}: exists and is not a folder")
+    _check_writable(cache, f"{flag} {cache}")

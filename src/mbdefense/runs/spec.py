@@ -172,6 +172,25 @@ class Settings:
         for name in ("lam", "margin"):
             _positive("stage2", name, getattr(self.stage2, name), zero_ok=True)
         _positive("stage1", "rate_per_trigger", self.stage1.rate_per_trigger, zero_ok=True)
+        check_defensive_pairs(self.stage1)
+
+
+def check_defensive_pairs(stage1: DefensivePoisoningConfig) -> None:
+    """The defender's triggers and responses go into the training data: each must parse and
+    be one line of printable text."""
+    from mbdefense.attacks.triggers import parse_trigger
+    from mbdefense.core.text import check_one_line
+
+    for field_name, items in (("triggers", stage1.triggers), ("responses", stage1.responses)):
+        for i, item in enumerate(items or []):
+            if not isinstance(item, str):
+                raise ConfigError(f"stage1.{field_name}.{i}: expected a string, got {item!r}")
+            check_one_line(item, f"stage1.{field_name}.{i}")
+            if field_name == "triggers":
+                try:
+                    parse_trigger(item if ":" in item else f"word:{item}")
+                except ConfigError as exc:
+                    raise ConfigError(f"stage1.triggers.{i}: {exc}") from None
 
 
 def check_train(owner: str, config: TrainConfig) -> None:
