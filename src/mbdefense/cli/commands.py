@@ -191,7 +191,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from mbdefense.runs.outputs import check_cache_dir, check_output_dir
 
     out = check_output_dir(args.out or Path("runs") / spec.name, command="run",
-                           marker=("results.json", "cache/cells", "slurm-logs"),
+                           marker=("results.json", "cache/cells", "cache/locks", "slurm-logs"),
                            inputs=[args.config], force=args.force)
     check_cache_dir(args.cache_dir)
     doc = run_spec(spec, out, cache_dir=args.cache_dir, log=_log(args),

@@ -60,7 +60,7 @@ class StageCache:
         self.root = Path(root) if root is not None else None
         self.log = log
         if self.root is not None:
-            self.root.mkdir(parents=True, exist_ok=True)
+            (self.root / "locks").mkdir(parents=True, exist_ok=True)   # marks a run's cache
             self._clean_stale()
 
     def _clean_stale(self) -> None:
