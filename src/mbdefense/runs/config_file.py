@@ -2,8 +2,9 @@
 
 Errors name the file, the line and the key (``run.yaml:7: stage2.margin: expected float, got
 str ('x')``). A config is plain data: YAML aliases and anchors are refused (they make a small
-file expand without bound), as are files over :data:`MAX_CONFIG_BYTES`, nesting deeper than
-:data:`MAX_DEPTH`, more than :data:`MAX_VALUES` values and non-finite numbers.
+file expand without bound), as are tags such as ``!!python/object``, files over
+:data:`MAX_CONFIG_BYTES`, nesting deeper than :data:`MAX_DEPTH`, more than :data:`MAX_VALUES`
+values, values YAML cannot build and non-finite numbers. Every error is one line.
 """
 
 from __future__ import annotations
@@ -24,6 +25,10 @@ MAX_DEPTH = 32
 MAX_VALUES = 10_000
 
 Lines = dict[tuple[str, ...], int]
+#: The only explicit YAML tags a config may use (``!!str 1``); ``!!python/...`` and the like
+#: are refused.
+_PLAIN_TAGS = frozenset(f"tag:yaml.org,2002:{name}"
+                        for name in ("str", "int", "float", "bool", "null", "seq", "map"))
 
 
 class Where:
@@ -43,8 +48,8 @@ class Where:
             where = "command line override"
         else:
             where = f"{self.source}:{line}" if line is not None else self.source
-        key = ".".join(parts)
-        return ConfigError(f"{where}: {key + ': ' if key else ''}{message}")
+        key = ".".join(one_line(part, 80) for part in parts)   # keys too are the user's text
+        return ConfigError(one_line(f"{where}: {key + ': ' if key else ''}{message}", 2000))
 
 
 def _loader() -> Any:
@@ -69,6 +74,10 @@ def _compose(text: str, source: str) -> Any:
             if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
                 raise ConfigError(f"{source}:{line}: YAML anchors and aliases are not "
                                   f"supported in configs; write the values out")
+            tag = getattr(event, "tag", None)
+            if tag is not None and tag not in _PLAIN_TAGS:
+                raise ConfigError(f"{source}:{line}: YAML tags such as "
+                                  f"'{one_line(tag, 60)}' are not supported in configs")
             if isinstance(event, starts):
                 depth += 1
                 if depth > MAX_DEPTH:
@@ -104,7 +113,7 @@ def _plain(node: Any, path: tuple[str, ...], lines: Lines, source: str,
                 raise ConfigError(f"{source}:{key.start_mark.line + 1}: keys must be plain "
                                   f"names")
             name = key.value if key.tag == "tag:yaml.org,2002:str" else \
-                str(constructor.construct_object(key))
+                str(_scalar(constructor, key, source))
             lines[path + (name,)] = key.start_mark.line + 1
             out[name] = _plain(value, path + (name,), lines, source, constructor)
         return out
@@ -114,7 +123,20 @@ def _plain(node: Any, path: tuple[str, ...], lines: Lines, source: str,
             lines[path + (str(i),)] = item.start_mark.line + 1
             items.append(_plain(item, path + (str(i),), lines, source, constructor))
         return items
-    return constructor.construct_object(node)
+    return _scalar(constructor, node, source)
+
+
+def _scalar(constructor: Any, node: Any, source: str) -> Any:
+    """A scalar node's value; a value YAML cannot build (``=``, ``2024-02-30``, an integer
+    of 5000 digits) is a one-line error at its line."""
+    import yaml
+
+    try:
+        return constructor.construct_object(node)
+    except (yaml.YAMLError, ValueError, OverflowError) as exc:
+        problem = getattr(exc, "problem", None) or exc
+        raise ConfigError(f"{source}:{node.start_mark.line + 1}: not a valid value "
+                          f"({one_line(problem, 120)})") from None
 
 
 def read_yaml(path: str | Path) -> tuple[dict[str, Any], Lines]:
@@ -200,7 +222,7 @@ def merge(current: Any, value: Any, keys: list[str], hint: Any, where: Where) ->
     target = dataclass_in(hint) if current is None else (
         type(current) if dataclasses.is_dataclass(current) else None)
     if target is not None:
-        if value is None:
+        if value is None and type(None) in typing.get_args(hint):   # e.g. `judge:` (none)
             return None
         if not isinstance(value, dict):
             raise where.error(keys, f"expected a mapping of {target.__name__} settings, "
