@@ -225,8 +225,9 @@ def merge(current: Any, value: Any, keys: list[str], hint: Any, where: Where) ->
         if value is None and type(None) in typing.get_args(hint):   # e.g. `judge:` (none)
             return None
         if not isinstance(value, dict):
+            got = "nothing" if value is None else type(value).__name__
             raise where.error(keys, f"expected a mapping of {target.__name__} settings, "
-                                    f"got {type(value).__name__}")
+                                    f"got {got}")
         base = current if current is not None else target()
         known = {f.name for f in dataclasses.fields(target) if f.init}
         changes = {}
