@@ -143,7 +143,7 @@ def _resolve_paths(settings: Settings, base_dir: Path | None, where: Where,
     from mbdefense.data.loading import hub_offline_setting, looks_like_hub_id
 
     data = settings.data
-    for name in ("train", "trusted", "test", "backdoorllm"):
+    for name in ("train", "trusted", "test", "validation", "backdoorllm"):
         value = getattr(data, name)
         if value is None:
             continue

@@ -74,17 +74,20 @@ class DataSpec:
     train: str | None = None
     trusted: str | None = None
     test: str | None = None
+    validation: str | None = None   # files: prompts for tuning (evaluation.split: validation)
     backdoorllm: str | None = None
     n_train: int = 2000
     n_trusted: int = 128
     n_test: int = 338
+    n_validation: int = 0           # 0: as many as n_test
 
     def __post_init__(self) -> None:
-        for name in ("n_train", "n_trusted", "n_test"):
+        for name in ("n_train", "n_trusted", "n_test", "n_validation"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ConfigError(f"data.{name}: must be an integer >= 0, got {value!r}")
-        files = [n for n in ("train", "trusted", "test") if getattr(self, n) is not None]
+        files = [n for n in ("train", "trusted", "test", "validation")
+                 if getattr(self, n) is not None]
         if self.backdoorllm is not None and files:
             raise ConfigError(f"data: give either backdoorllm or files, not both "
                               f"({', '.join(files)})")
@@ -120,6 +123,10 @@ class GenerationSpec:
         check_backend(self.backend)
 
 
+#: Where an evaluation's prompts come from.
+SPLITS = ("test", "validation")
+
+
 @dataclass
 class EvaluationSpec:
     """How answers are judged: ``rules`` (exact match on the embedded suite), ``rouge-l``
@@ -128,6 +135,9 @@ class EvaluationSpec:
     ASR always uses the behaviour's own detector."""
 
     scorer: str = "rules"
+    # "test", or "validation": score on the validation prompts instead (for choosing settings;
+    # disjoint from every test prompt), rows marked as such
+    split: str = "test"
     rouge_threshold: float = 0.2
     judge: JudgeConfig | None = None
     reference_nll: bool = False          # add the clean reference NLL to every row
@@ -141,6 +151,9 @@ class EvaluationSpec:
             self.scorer = SCORERS.canonical(self.scorer)
         except ConfigError as exc:
             raise ConfigError(f"evaluation.scorer: {exc}") from None
+        if self.split not in SPLITS:
+            raise ConfigError(f"evaluation.split: must be one of {', '.join(SPLITS)}, got "
+                              f"{self.split!r}")
         if not 0.0 < self.rouge_threshold <= 1.0:
             raise ConfigError(f"evaluation.rouge_threshold: must be in (0, 1], got "
                               f"{self.rouge_threshold}")
@@ -169,7 +182,7 @@ class Settings:
             raise ConfigError(f"implant_prompts: must be >= 1, got {self.implant_prompts}")
         check_train("finetune", self.finetune)
         check_train("stage2.train", self.stage2.train_config())
-        for name in ("lam", "margin"):
+        for name in ("lam", "margin", "triggered_ce"):
             _positive("stage2", name, getattr(self.stage2, name), zero_ok=True)
         _positive("stage1", "rate_per_trigger", self.stage1.rate_per_trigger, zero_ok=True)
         check_defensive_pairs(self.stage1)
