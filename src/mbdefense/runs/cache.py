@@ -19,13 +19,17 @@ from typing import Any, Callable, Sequence
 from mbdefense.core.io import atomic_directory, atomic_write_json, jsonable
 from mbdefense.data.example import Example
 
-#: Part of every key: raise it when a change alters what a stage computes.
-CACHE_VERSION = 2
+#: Part of every key, with the package's version: raise it when a change alters what a stage
+#: computes between releases.
+CACHE_VERSION = 3
 
 
 def digest(*parts: Any) -> str:
-    """A short stable hash of JSON-able parts (cache keys)."""
-    blob = json.dumps([CACHE_VERSION, *parts], sort_keys=True, default=str)
+    """A short stable hash of JSON-able parts (cache keys), under the cache's and the
+    package's versions."""
+    from mbdefense import __version__
+
+    blob = json.dumps([CACHE_VERSION, __version__, *parts], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -64,13 +68,13 @@ class StageCache:
             self._clean_stale()
 
     def _clean_stale(self) -> None:
-        """Remove temporaries (``.NAME.*.tmp``) that no live writer holds: a run killed while
-        writing leaves them behind."""
+        """Remove temporaries (``.NAME.*.tmp``, and ``.NAME.*.old`` from a replacement cut
+        short) that no live writer holds: a run killed while writing leaves them behind."""
         assert self.root is not None
         for folder in (self.root, self.root / "cells"):
             if not folder.is_dir():
                 continue
-            for tmp in folder.glob(".*.tmp"):
+            for tmp in [*folder.glob(".*.tmp"), *folder.glob(".*.old")]:
                 name = tmp.name[1:].split(".")[0]
                 lock = self._lock(name if folder == self.root else f"cell-{name}")
                 try:

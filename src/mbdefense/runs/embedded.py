@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -80,6 +81,10 @@ def embedded_base(recipe: BaseRecipe | None = None, *, cache_dir: Path | None = 
     path = (cache_dir or cache_root()) / f"base-{recipe.key()}"
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path.parent / f".{path.name}.lock")):   # one builder per recipe
+        # what a build killed before its rename (or a replacement cut short) left behind
+        for stale in [*path.parent.glob(f".{path.name}.*.tmp"),
+                      *path.parent.glob(f".{path.name}.*.old")]:
+            shutil.rmtree(stale, ignore_errors=True)
         if not (path / "config.json").exists():
             log(f"building the embedded base model (once; cached at {path}) ...")
             start = time.time()
