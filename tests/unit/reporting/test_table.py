@@ -116,3 +116,9 @@ def test_quick_row_tables_for_the_commands():
     markdown = markdown_table(rows, ["model", "cacc"])
     assert "| a\\|b |  |" in markdown
     assert re.search(r"\| m \| 0\.500 \|", markdown)
+
+
+def test_the_commands_tables_show_each_metrics_interval():
+    rows = [{"defense": "none", "cacc": 0.5, "asr": 0.0, "n_clean": 50, "n_triggered": 50}]
+    line = text_table(rows, ["defense", "cacc", "asr"]).splitlines()[2]
+    assert "0.500 [0.37, 0.63]" in line and "0.000 [0.00, 0.07]" in line
