@@ -1,0 +1,100 @@
+"""Choose stage 2's settings on the validation split: one `mbdefense run` per candidate.
+
+Runs configs/tune-stage2.yaml (validation prompts only; no test prompt is ever scored) once
+per candidate of a small grid, all sharing one stage cache, so the embedded base, the attacked
+models and MB-Defense's stage-1 models are trained once and each candidate costs its stage 2
+and its evaluation. Prints, per candidate and attack, MB-Defense's CACC, ASR and AACC with
+their 95% intervals beside the clean and attacked references, and the candidate the rule
+picks: the highest mean AACC among those whose every ASR interval ends at or below
+--max-asr and whose CACC stays within --max-cacc-drop of the attacked model's.
+
+    python benchmarks/tune_stage2.py
+    python benchmarks/tune_stage2.py --margins 0,5 --triggered-ce 0,1 --extra seeds=[0,1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--config", default=str(ROOT / "configs" / "tune-stage2.yaml"))
+    p.add_argument("--out", default="runs/tune-stage2", help="one folder per candidate here")
+    p.add_argument("--margins", default="0,2,5")
+    p.add_argument("--triggered-ce", default="0,1")
+    p.add_argument("--extra", nargs="*", default=[], help="more KEY=VALUE overrides for all")
+    p.add_argument("--max-asr", type=float, default=0.05)
+    p.add_argument("--max-cacc-drop", type=float, default=0.05)
+    return p.parse_args(argv)
+
+
+def candidates(args: argparse.Namespace) -> list[dict[str, str]]:
+    return [{"stage2.margin": m, "stage2.triggered_ce": g}
+            for m, g in itertools.product(args.margins.split(","),
+                                          args.triggered_ce.split(","))]
+
+
+def label(candidate: dict[str, str]) -> str:
+    return "-".join(f"{k.split('.')[-1]}{v}" for k, v in candidate.items())
+
+
+def run(candidate: dict[str, str], args: argparse.Namespace) -> Path:
+    out = Path(args.out) / label(candidate)
+    overrides = [f"{k}={v}" for k, v in candidate.items()] + list(args.extra)
+    command = [sys.executable, "-m", "mbdefense", "run", args.config, *overrides,
+               "--out", str(out), "--cache-dir", str(Path(args.out) / "cache"), "--force"]
+    print("$ " + " ".join(command[2:]), flush=True)
+    subprocess.run(command, check=True)
+    return out / "results.json"
+
+
+def cell(summary: dict, metric: str) -> str:
+    ci, mean = summary.get(f"{metric}_ci"), summary.get(f"{metric}_mean")
+    if mean is None:
+        return "–"
+    return f"{mean:.3f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    table, scores = [], {}
+    for candidate in candidates(args):
+        doc = json.loads(run(candidate, args).read_text())
+        by = {(s["attack"], s["defense"]): s for s in doc["summary"]}
+        ok, aaccs = True, []
+        for attack in sorted({a for a, _ in by}):
+            mb, none = by.get((attack, "mb-defense")), by.get((attack, "none"))
+            clean = by.get((attack, "clean"))
+            if mb is None:
+                continue
+            table.append([label(candidate), attack, cell(mb, "cacc"), cell(mb, "asr"),
+                          cell(mb, "aacc"), cell(none or {}, "cacc"),
+                          cell(clean or {}, "aacc")])
+            asr_hi = (mb.get("asr_ci") or [1.0, 1.0])[1]
+            drop = (none["cacc_mean"] - mb["cacc_mean"]) if none else 0.0
+            ok &= asr_hi <= args.max_asr and drop <= args.max_cacc_drop
+            aaccs.append(mb["aacc_mean"])
+        if ok and aaccs:
+            scores[label(candidate)] = sum(aaccs) / len(aaccs)
+    header = ["candidate", "attack", "MB CACC", "MB ASR", "MB AACC", "none CACC", "clean AACC"]
+    widths = [max(len(str(r[i])) for r in [header, *table]) for i in range(len(header))]
+    for line in [header, *table]:
+        print("  ".join(str(v).ljust(w) for v, w in zip(line, widths)))
+    if scores:
+        best = max(scores, key=scores.get)
+        print(f"\npicked on validation: {best} (mean AACC {scores[best]:.3f})")
+    else:
+        print("\nno candidate meets the rule on validation")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
