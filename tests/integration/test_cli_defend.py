@@ -87,3 +87,28 @@ def test_defend_missing_model_is_a_clear_error(tmp_path, user_files, capsys):
                  str(trusted), "--out", str(tmp_path / "o"), "--quiet"])
     err = capsys.readouterr().err
     assert code == 2 and "nope" in err and "Traceback" not in err
+
+
+def test_attack_tags_in_the_users_file_change_nothing(tmp_path, user_files, capsys):
+    """A file that still carries the attack's ground-truth tags (``poisoned``, ``trigger``, ...)
+    and the same file without them give the same defended weights, the implant top-up on:
+    no defense reads the tags."""
+    from safetensors.torch import load_file
+
+    from mbdefense.data import load_examples
+    from mbdefense.runs.workload import strip_attack_labels
+
+    model_dir, train, trusted = user_files
+    tagged = load_examples(train)
+    assert sum(e.meta.get("poisoned") == "attack" for e in tagged) == 24
+    save_examples(strip_attack_labels(tagged), tmp_path / "untagged.jsonl")
+    weights = []
+    for name, data in (("with", train), ("without", tmp_path / "untagged.jsonl")):
+        out = tmp_path / f"defended-{name}"
+        code = main(["defend", "--model", str(model_dir), "--data", str(data), "--trusted",
+                     str(trusted), "--out", str(out), "--epochs", "1", "--stage2-epochs", "1",
+                     "--max-length", "128", "--on-weak-implant", "top-up", "--quiet"])
+        assert code == 0, capsys.readouterr().err
+        weights.append(load_file(out / "model" / "model.safetensors"))
+    assert weights[0].keys() == weights[1].keys()
+    assert all(weights[0][k].equal(weights[1][k]) for k in weights[0])
