@@ -210,6 +210,38 @@ def diagnostics_tables(runs: Sequence[Mapping[str, Any]]) -> list[Table]:
     return tables
 
 
+def _histories(value: Any, path: str) -> Iterable[tuple[str, Mapping[str, Any]]]:
+    """Every ``{history: [{epoch, ...}], best_epoch}`` mapping inside ``value``, with its path."""
+    if not isinstance(value, Mapping):
+        return
+    history = value.get("history")
+    if isinstance(history, list) and history and all(
+            isinstance(h, Mapping) and "epoch" in h for h in history):
+        yield path, value
+    for key, item in value.items():
+        if key != "history":
+            yield from _histories(item, f"{path}.{key}" if path else str(key))
+
+
+def history_tables(runs: Sequence[Mapping[str, Any]]) -> list[Table]:
+    """Each eval-loss history (stage 2, Clean-FFT and the like) as a table of epochs, the
+    epoch whose weights were kept marked: epoch 0 is before any training."""
+    tables = []
+    for run in runs:
+        for path, found in _histories(run.get("diagnostics") or {}, ""):
+            fields = [k for k in found["history"][0] if k != "epoch"]
+            best = found.get("best_epoch")
+            rows = [[Cell(str(h.get("epoch")), h.get("epoch"))]
+                    + [Cell(_scalar_text(h.get(k)), h.get(k)) for k in fields]
+                    + [Cell("kept (lowest eval loss)" if h.get("epoch") == best else "")]
+                    for h in found["history"]]
+            columns = [Column("epoch", kind="num"), *(Column(f"eval {k}", kind="num")
+                                                      for k in fields), Column("")]
+            tables.append(Table(columns, rows, title=f"{path}: loss on the held-out part of the "
+                                                     f"trusted set, per epoch ({run['source']})"))
+    return tables
+
+
 def samples_tables(samples: Mapping[str, Sequence[Mapping[str, Any]]]) -> list[Table]:
     """One table per sample heading: kind, prompt, reference and answer of each generation."""
     tables = []
@@ -228,5 +260,6 @@ def _sample_text(value: Any) -> str:
 
 
 __all__ = ["SAMPLE_FIELDS", "STANDARD", "columns_of", "diagnostics_tables", "flags", "flatten",
+           "history_tables",
            "format_value", "long_table", "pairs_table", "paper_table", "rounded",
            "samples_tables", "with_bounds"]

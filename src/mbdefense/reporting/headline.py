@@ -29,6 +29,16 @@ ROLES = {REFERENCE_LABEL: "reference: never attacked",
          ATTACKED_LABEL: "attacked, no defense (Δ against this row)",
          HIGHLIGHT_LABEL: "★ proposed method"}
 OTHER_ROLE = "baseline defense"
+#: Rows that are not defenses of their own: an ablation and a method's intermediate model.
+ROLES.update({"stage2-only": "ablation: MB-Defense's stage 2 without stage 1",
+              f"{HIGHLIGHT_LABEL}:stage1": "intermediate: after stage 1 only (not a result)"})
+
+
+def role_of(label: str) -> str:
+    """What a headline row is, in words."""
+    if label.endswith(":stage1") and label not in ROLES:
+        return "intermediate: after stage 1 only (not a result)"
+    return ROLES.get(label, OTHER_ROLE)
 HEADLINE_NOTE: tuple[Inline, ...] = (
     Code(REFERENCE_LABEL), " is the reference: the same base model fine-tuned on the training "
     "data without the attack (never attacked). ", Code(ATTACKED_LABEL), " is the attacked model "
@@ -174,7 +184,7 @@ def headline_table(title: str, cells: Mapping[str, Row],
     for label in _order(cells):
         summary, marks = cells[label], flags(label)
         line = [Cell(label, label, colour=colours.get(label), **marks),
-                Cell(ROLES.get(label, OTHER_ROLE), **marks),
+                Cell(role_of(label), **marks),
                 Cell(_seeds_cell(summary), summary.get("seeds"), **marks),
                 Cell(_n_cell(summary), **marks)]
         for metric, _ in HEADLINE_METRICS:

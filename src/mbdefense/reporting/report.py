@@ -25,8 +25,9 @@ from typing import Any, Mapping, Sequence
 
 from mbdefense.core.errors import ConfigError
 from mbdefense.core.io import atomic_write_text
-from mbdefense.reporting.build import (columns_of, diagnostics_tables, long_table, pairs_table,
-                                       paper_table, samples_tables, with_bounds)
+from mbdefense.reporting.build import (columns_of, diagnostics_tables, history_tables,
+                                       long_table, pairs_table, paper_table, samples_tables,
+                                       with_bounds)
 from mbdefense.reporting.charts import bar_chart_svg, heatmap_svg
 from mbdefense.reporting.colours import defense_colours
 from mbdefense.reporting.documents import (RESULTS_FILE, Combined, as_combined, combine,
@@ -151,7 +152,8 @@ def _runs_blocks(doc: Combined) -> list[Block]:
 
 
 def _diagnostics_blocks(doc: Combined) -> list[Block]:
-    blocks: list[Block] = [TableBlock(t, collapsed=True) for t in diagnostics_tables(doc["runs"])]
+    blocks: list[Block] = [TableBlock(t, collapsed=True) for t in history_tables(doc["runs"])]
+    blocks += [TableBlock(t, collapsed=True) for t in diagnostics_tables(doc["runs"])]
     for run in doc["runs"]:
         if run.get("config") not in (None, {}, []):
             text = json.dumps(run["config"], indent=1, ensure_ascii=False, default=str)
