@@ -5,29 +5,31 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+def _fresh_name(path: Path, suffix: str) -> Path:
+    """An unused hidden sibling name of ``path``. Temporaries are named before they are made,
+    so an interrupt (Ctrl-C, SIGTERM) at any moment after one exists lands in its cleanup."""
+    while True:
+        candidate = path.parent / f".{path.name}.{secrets.token_hex(6)}{suffix}"
+        if not candidate.exists():
+            return candidate
 
 
 def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8") -> Path:
     """Write ``text`` to ``path`` through a temporary file in the same folder and a rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = _fresh_name(path, ".tmp")
     try:
-        with os.fdopen(fd, "w", encoding=encoding, newline="") as handle:
+        with open(tmp, "x", encoding=encoding, newline="") as handle:   # the usual permissions
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600: give the usual permissions
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -50,15 +52,17 @@ def atomic_directory(path: str | os.PathLike, *, replace: bool = False) -> Itera
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    # named before it is made, so an interrupt (Ctrl-C, SIGTERM) at any point after the
+    # folder exists lands in the cleanup below
+    tmp = _fresh_name(path, ".tmp")
     try:
+        tmp.mkdir()
         yield tmp
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700: give the usual permissions
         if path.exists() or path.is_symlink():
             if not replace:
                 raise FileExistsError(f"{path} already exists")
-            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old",
-                                        dir=path.parent))
+            old = _fresh_name(path, ".old")
+            old.mkdir()
             os.replace(path, old / "entry")
             os.replace(tmp, path)
             shutil.rmtree(old, ignore_errors=True)
