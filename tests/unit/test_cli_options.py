@@ -40,5 +40,5 @@ def test_a_bad_option_value_is_one_line_naming_the_setting(tmp_path, capsys):
     code = main(["defend", "--model", "embedded", "--data", "x.json", "--trusted", "y.json",
                  "--out", str(tmp_path / "o"), "--lr", "-1"])
     err = capsys.readouterr().err
-    assert code == 2 and "finetune.learning_rate: must be > 0" in err
+    assert code == 2 and "--lr (finetune.learning_rate): must be > 0" in err
     assert err.count("\n") == 1 and not (tmp_path / "o").exists()

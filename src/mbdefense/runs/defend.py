@@ -59,8 +59,28 @@ def get_path(settings: Any, path: str) -> Any:
     return value
 
 
+#: The command-line flag that sets each settings path (for error messages).
+FLAG_OF: dict[str, str] = {
+    **{path: flag for flag, paths, _ in DEFEND_OPTIONS for path in paths},
+    "generation.max_new_tokens": "--max-new-tokens", "evaluation.scorer": "--scorer",
+    "data.n_test": "--n"}
+
+
 def settings_with(base: Settings, values: dict[str, Any]) -> Settings:
-    """``base`` with dotted paths set (``{"stage2.train.epochs": 2}``), checked like a config."""
+    """``base`` with dotted paths set (``{"stage2.train.epochs": 2}``), checked like a config;
+    an error names the flag that set the value (``--lr (finetune.learning_rate): ...``)."""
+    try:
+        return _settings_with(base, values)
+    except ConfigError as exc:
+        message = str(exc)
+        for path, flag in FLAG_OF.items():
+            prefix = f"options: {path}:"
+            if message.startswith(prefix) and path in values:
+                raise ConfigError(f"{flag} ({path}): {message[len(prefix):].strip()}") from None
+        raise
+
+
+def _settings_with(base: Settings, values: dict[str, Any]) -> Settings:
     from mbdefense.runs.config_file import Where, merge
 
     nested: dict[str, Any] = {}
