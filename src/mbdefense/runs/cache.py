@@ -97,6 +97,10 @@ class StageCache:
         locks.mkdir(exist_ok=True)
         return FileLock(str(locks / f"{name}.lock"))
 
+    def has_model(self, kind: str, key: str) -> bool:
+        """Whether a finished ``KIND-KEY`` model is in the cache."""
+        return self.root is not None and (self.root / f"{kind}-{key}" / "info.json").is_file()
+
     def model(self, kind: str, key: str, label: str, build: Callable[[], tuple[Any, dict]],
               load: Callable[[Path], Any]) -> tuple[Any, dict[str, Any]]:
         """``build()`` once per key: (model, info). With a root, the model and its info live in
@@ -106,7 +110,7 @@ class StageCache:
         name = f"{kind}-{key}"
         saved = self.root / name
         with self._lock(name):
-            if (saved / "info.json").is_file():
+            if self.has_model(kind, key):
                 try:
                     info = json.loads((saved / "info.json").read_text())
                     model = load(saved)

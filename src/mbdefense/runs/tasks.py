@@ -16,7 +16,6 @@ import dataclasses
 import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable
 
 from mbdefense.results.document import ResultsDocument
@@ -100,9 +99,9 @@ def run_finetune(spec: RunSpec, cache_dir: str, task: Task, verbose: bool = True
     t0 = time.time()
     experiment = _experiment(spec, task.group, cache_dir, [], False)
     work = build_workload(experiment, log=log)
+    cache = StageCache(cache_dir, log=log)
     lifecycle = Lifecycle(work, experiment.settings, experiment.seed, scorer=None,
-                          cache=StageCache(cache_dir, log=log), progress=False, log=log,
-                          copy_base=False)
+                          cache=cache, progress=False, log=log, copy_base=False)
     if task.training == CLEAN:   # as Lifecycle.clean_cell trains it
         examples, label = list(work.clean_train), "clean reference"
     else:                        # as the first defense that reuses it trains it
@@ -110,7 +109,7 @@ def run_finetune(spec: RunSpec, cache_dir: str, task: Task, verbose: bool = True
                      if d != CLEAN_REFERENCE and _shares_attacked_model(d))
         examples, label = lifecycle.training_set(lifecycle.make(first))
     key = lifecycle.finetune_key(examples, label)
-    cached = (Path(cache_dir) / f"finetune-{key}" / "info.json").is_file()
+    cached = cache.has_model("finetune", key)
     lifecycle.train(examples, label)
     return {"key": key, "cached": cached, "seconds": round(time.time() - t0, 1)}
 
