@@ -31,6 +31,10 @@ class NeutralizationConfig:
     margin: float = 5.0              # R = log sigmoid(lp_clean - lp_defensive - margin)
     triggered_ce: float = 0.0        # weight of CE(x_d, y): the clean answer under a trigger
     triggers_per_step: str = "one"   # "one" sampled defensive trigger per example, or "all"
+    # Repair phase: after the break, this many more epochs of the same objective with the clean
+    # answer's CE under the defensive triggers weighted by repair_weight (0: no repair phase)
+    repair_epochs: float = 0.0
+    repair_weight: float = 1.0
     eval_fraction: float = 0.2       # the paper's 8:2 split of the trusted set
     train: TrainConfig | None = None
 
@@ -53,8 +57,25 @@ def neutralize(model: Any, tokenizer: Any, trusted: Sequence[Example],
 
     ``augment`` rewrites the train and the eval part after the split (trigger-augmented
     fine-tuning adds triggered copies there, so an example and its copies stay on one side).
-    Returns the model with the best-eval-loss weights and a history of the eval losses.
+    Returns the model with the best-eval-loss weights and a history of the eval losses; with
+    ``repair_epochs``, the repair phase then starts from those weights (its own history and
+    best epoch under ``"repair"``).
     """
+    model, info = _train_phase(model, tokenizer, trusted, pairs, config, seed, augment)
+    if config.repair_epochs > 0 and pairs:
+        train = config.train_config()
+        repair = replace(config, triggered_ce=config.repair_weight, repair_epochs=0.0,
+                         train=replace(train, epochs=config.repair_epochs,
+                                       description=f"{train.description} (repair)"))
+        model, info["repair"] = _train_phase(model, tokenizer, trusted, pairs, repair, seed,
+                                             augment)
+    return model, info
+
+
+def _train_phase(model: Any, tokenizer: Any, trusted: Sequence[Example],
+                 pairs: Sequence[DefensivePair], config: NeutralizationConfig, seed: int,
+                 augment: Callable[[list[Example], random.Random], list[Example]] | None,
+                 ) -> tuple[Any, dict[str, Any]]:
     train_cfg = replace(config.train_config(), seed=seed)   # LoRA init, dropout: this seed
     if config.triggers_per_step not in ("all", "one"):
         raise ValueError("triggers_per_step must be 'all' or 'one'")

@@ -47,3 +47,29 @@ def test_every_eval_loss_is_measured_without_dropout(tiny_model, tokenizer):
     model.model.layers[0].register_forward_pre_hook(record, with_kwargs=True)
     _, info = neutralize(model, tokenizer, trusted, make_defensive_pairs(["mn"]), config, seed=0)
     assert len(info["history"]) == 4 and modes and not any(modes)
+
+
+def test_the_repair_phase_starts_from_the_break_and_trains_the_triggered_answer(
+        tiny_model, tokenizer):
+    """``repair_epochs``: after the break, more epochs with CE(x_d, y) weighted in; its own
+    history (starting from the break's kept weights) and best epoch; off by default."""
+    trusted = generate(20, 0)
+    pairs = make_defensive_pairs(["mn"])
+    train = TrainConfig(epochs=1, learning_rate=1e-2, batch_size=8, progress=False)
+    plain = NeutralizationConfig(train=train)
+    repaired = NeutralizationConfig(train=train, repair_epochs=2, repair_weight=1.0)
+    m_plain, info_plain = neutralize(copy.deepcopy(tiny_model), tokenizer, trusted, pairs,
+                                     plain, seed=0)
+    m_rep, info_rep = neutralize(copy.deepcopy(tiny_model), tokenizer, trusted, pairs,
+                                 repaired, seed=0)
+    assert "repair" not in info_plain
+    assert info_rep["history"] == info_plain["history"]          # the same break first
+    repair = info_rep["repair"]
+    assert len(repair["history"]) == 3 and 0 <= repair["best_epoch"] <= 2
+    # the repair's epoch 0 is the break's kept model; its loss weighs the triggered CE in
+    start, kept = repair["history"][0], info_plain["history"][info_plain["best_epoch"]]
+    assert abs(start["ce"] - kept["ce"]) < 1e-4
+    assert abs(start["loss"] - (kept["loss"] + start["triggered_ce"])) < 1e-4
+    if repair["best_epoch"] > 0:
+        assert any(not torch.equal(a, b) for a, b in zip(m_plain.parameters(),
+                                                          m_rep.parameters()))
