@@ -9,7 +9,10 @@ picks: the highest mean AACC among those whose every ASR interval ends at or bel
 --max-asr and whose CACC stays within --max-cacc-drop of the attacked model's.
 
     python benchmarks/tune_stage2.py
-    python benchmarks/tune_stage2.py --margins 0,5 --triggered-ce 0,1 --extra seeds=[0,1]
+    python benchmarks/tune_stage2.py --grid stage2.margin=5,8 stage2.repair_epochs=0,2
+    python benchmarks/tune_stage2.py --cache-dir runs/table1/cache --extra seeds=[0,1]
+
+Candidates are the product of the --grid axes (KEY=V1,V2,...: any run setting).
 """
 
 from __future__ import annotations
@@ -28,8 +31,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", default=str(ROOT / "configs" / "tune-stage2.yaml"))
     p.add_argument("--out", default="runs/tune-stage2", help="one folder per candidate here")
-    p.add_argument("--margins", default="0,2,5")
-    p.add_argument("--triggered-ce", default="0,1")
+    p.add_argument("--grid", nargs="+", default=["stage2.margin=0,2,5", "stage2.triggered_ce=0,1"],
+                   metavar="KEY=V1,V2", help="one axis per argument; candidates: their product")
+    p.add_argument("--cache-dir", help="the stage cache (default: OUT/cache); share one with a "
+                   "run of the same settings, e.g. Table 1's, to reuse its models")
     p.add_argument("--extra", nargs="*", default=[], help="more KEY=VALUE overrides for all")
     p.add_argument("--max-asr", type=float, default=0.05)
     p.add_argument("--max-cacc-drop", type=float, default=0.05)
@@ -37,9 +42,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def candidates(args: argparse.Namespace) -> list[dict[str, str]]:
-    return [{"stage2.margin": m, "stage2.triggered_ce": g}
-            for m, g in itertools.product(args.margins.split(","),
-                                          args.triggered_ce.split(","))]
+    axes = []
+    for axis in args.grid:
+        key, sep, values = axis.partition("=")
+        if not sep or not key or not values:
+            raise SystemExit(f"--grid {axis}: expected KEY=V1,V2,...")
+        axes.append([(key, v) for v in values.split(",")])
+    return [dict(choice) for choice in itertools.product(*axes)]
 
 
 def label(candidate: dict[str, str]) -> str:
@@ -50,7 +59,8 @@ def run(candidate: dict[str, str], args: argparse.Namespace) -> Path:
     out = Path(args.out) / label(candidate)
     overrides = [f"{k}={v}" for k, v in candidate.items()] + list(args.extra)
     command = [sys.executable, "-m", "mbdefense", "run", args.config, *overrides,
-               "--out", str(out), "--cache-dir", str(Path(args.out) / "cache"), "--force"]
+               "--out", str(out), "--cache-dir", args.cache_dir or str(Path(args.out) / "cache"),
+               "--force"]
     print("$ " + " ".join(command[2:]), flush=True)
     subprocess.run(command, check=True)
     return out / "results.json"
@@ -68,14 +78,15 @@ def main(argv=None) -> int:
     table, scores = [], {}
     for candidate in candidates(args):
         doc = json.loads(run(candidate, args).read_text())
-        by = {(s["attack"], s["defense"]): s for s in doc["summary"]}
+        by = {(s["attack"], s["behavior"], s["defense"]): s for s in doc["summary"]}
         ok, aaccs = True, []
-        for attack in sorted({a for a, _ in by}):
-            mb, none = by.get((attack, "mb-defense")), by.get((attack, "none"))
-            clean = by.get((attack, "clean"))
+        for attack, behavior in sorted({(a, b) for a, b, _ in by}):
+            mb, none = by.get((attack, behavior, "mb-defense")), by.get((attack, behavior, "none"))
+            clean = by.get((attack, behavior, "clean"))
             if mb is None:
                 continue
-            table.append([label(candidate), attack, cell(mb, "cacc"), cell(mb, "asr"),
+            table.append([label(candidate), f"{attack} -> {behavior}", cell(mb, "cacc"),
+                          cell(mb, "asr"),
                           cell(mb, "aacc"), cell(none or {}, "cacc"),
                           cell(clean or {}, "aacc")])
             asr_hi = (mb.get("asr_ci") or [1.0, 1.0])[1]
