@@ -86,6 +86,7 @@ class Defense:
     def __init__(self, stage1: Any = None, stage2: Any = None, *, seed: int = 0,
                  options: Mapping[str, Any] | None = None) -> None:
         self.seed = seed
+        self._stage2 = stage2
         self.options = parse_options(self.Options, options, f"defense {self.name}")
         self.diagnostics: dict[str, Any] = {}
 
@@ -127,6 +128,17 @@ class Defense:
     def after_training(self, model: Any, tokenizer: Any, trusted_set: Sequence[Example], *,
                        clean_model: Any = None) -> Any:
         return model
+
+    def after_training_key(self) -> Any:
+        """Everything besides the model, the trusted set and the defense's options that
+        ``after_training``'s result depends on (part of its cache key): only the settings it
+        reads, so changing one defense's settings leaves the others' cells cached. By default,
+        for a defense that changes the model, all of stage 2's settings (it may read any)."""
+        from mbdefense.training.config import weight_settings
+
+        if self.changes_model and dataclasses.is_dataclass(self._stage2):
+            return weight_settings(self._stage2)
+        return None
 
     def at_inference(self, examples: Sequence[Example], *, model: Any = None,
                      tokenizer: Any = None, trusted_set: Sequence[Example] = ()) -> list[Example]:

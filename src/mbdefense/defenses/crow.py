@@ -37,7 +37,7 @@ from mbdefense.data.formatting import Encoded, encode_examples
 from mbdefense.defenses.base import Capabilities, Defense
 from mbdefense.defenses.pruning import block_linears, decoder_layers
 from mbdefense.training.batching import TokenBatch, collate, labelled_count, pad_id_of
-from mbdefense.training.config import LoraSettings, TrainConfig
+from mbdefense.training.config import LoraSettings, TrainConfig, weight_settings
 from mbdefense.training.loop import run_steps
 from mbdefense.training.sft import apply_lora, merge_lora, response_loss
 
@@ -257,3 +257,6 @@ class Crow(Defense):
         model, report = crow_finetune(model, tokenizer, trusted_set, self.options, config)
         self.diagnostics.update(report, alpha=self.options.alpha, epsilon=self.options.epsilon)
         return model
+
+    def after_training_key(self) -> Any:
+        return weight_settings(self.train)

@@ -19,7 +19,8 @@ from typing import Any, Sequence
 
 from mbdefense.data.example import Example
 from mbdefense.defenses.base import Capabilities, Defense
-from mbdefense.defenses.neutralization import NeutralizationConfig, neutralize
+from mbdefense.defenses.neutralization import (NeutralizationConfig, fine_tune_settings,
+                                                neutralize)
 from mbdefense.core.errors import ConfigError
 
 _WHERE = "defense fine-mixing"
@@ -105,3 +106,6 @@ class FineMixing(Defense):
         model, info = neutralize(model, tokenizer, trusted_set, [], self.stage2, seed=self.seed)
         self.diagnostics["fine_tune"] = info
         return model
+
+    def after_training_key(self) -> Any:
+        return fine_tune_settings(self.stage2)

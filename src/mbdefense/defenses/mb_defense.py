@@ -18,7 +18,8 @@ from mbdefense.data.example import Example
 from mbdefense.defenses.base import Capabilities, Defense, FinetuneContext
 from mbdefense.defenses.defensive_triggers import (DEFAULT_DEFENSIVE_TOKENS, DefensivePair,
                                                    make_defensive_pairs)
-from mbdefense.defenses.neutralization import NeutralizationConfig, neutralize
+from mbdefense.defenses.neutralization import (NeutralizationConfig, fine_tune_settings,
+                                                neutralize, pair_specs)
 from mbdefense.core.errors import ConfigError
 
 
@@ -178,6 +179,11 @@ class MBDefense(Defense):
         self.diagnostics["stage2"] = info
         return model
 
+    def after_training_key(self) -> Any:
+        from mbdefense.training.config import weight_settings
+
+        return [weight_settings(self.stage2), pair_specs(self.pairs)]
+
 
 class StageTwoOnly(MBDefense):
     """Ablation: stage 2 without defensive poisoning (the defensive behaviours never learned)."""
@@ -208,6 +214,9 @@ class CleanFFT(Defense):
         self.diagnostics["clean_fft"] = info
         return model
 
+    def after_training_key(self) -> Any:
+        return fine_tune_settings(self.stage2)
+
 
 class AugmentedFFT(MBDefense):
     """Trigger-augmented clean fine-tuning: the attacked model is fine-tuned with plain CE on the
@@ -230,6 +239,9 @@ class AugmentedFFT(MBDefense):
                                  augment=self.augment)
         self.diagnostics["aug_fft"] = info
         return model
+
+    def after_training_key(self) -> Any:
+        return [fine_tune_settings(self.stage2), pair_specs(self.pairs)]
 
     def augment(self, examples: list[Example], rng: Any) -> list[Example]:
         out = list(examples)

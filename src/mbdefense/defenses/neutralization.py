@@ -43,6 +43,20 @@ class NeutralizationConfig:
                                          description="stage 2")
 
 
+def fine_tune_settings(config: NeutralizationConfig) -> dict[str, Any]:
+    """The stage-2 settings a plain-CE fine-tune (no defensive triggers) depends on: its
+    training config and the trusted set's split (cache keys of Clean-FFT and its kin)."""
+    from mbdefense.training.config import weight_settings
+
+    return {"train": weight_settings(config.train_config()),
+            "eval_fraction": config.eval_fraction}
+
+
+def pair_specs(pairs: Sequence[DefensivePair]) -> list[list[str]]:
+    """The defensive pairs as text (cache keys)."""
+    return [[pair.trigger.spec, pair.behavior.text] for pair in pairs]
+
+
 def _state_of_trainable(model: Any) -> dict[str, Any]:
     return {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters()
             if p.requires_grad}

@@ -184,3 +184,6 @@ class Pruning(Defense):
         report = wanda_prune(model, batches, self.options.sparsity)
         self.diagnostics.update(report, calibration_examples=len(trusted_set))
         return model
+
+    def after_training_key(self) -> Any:
+        return {"max_length": self.max_length}

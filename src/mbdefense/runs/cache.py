@@ -18,6 +18,7 @@ from typing import Any, Callable, Sequence
 
 from mbdefense.core.io import atomic_directory, atomic_write_json, jsonable
 from mbdefense.data.example import Example
+from mbdefense.training.config import weight_settings
 
 #: Part of every key, with the package's version: raise it when a change alters what a stage
 #: computes between releases.
@@ -35,31 +36,6 @@ def digest(*parts: Any) -> str:
 
 def fingerprint(examples: Sequence[Example]) -> str:
     return digest(*(e.to_dict() for e in examples))
-
-
-#: Settings added after CACHE_VERSION 3 came in: left out of the keys while at their default,
-#: so the entries cached before they existed stay valid (a changed value changes the key).
-LATER_DEFAULTS: dict[str, Any] = {"repair_epochs": 0.0, "repair_weight": 1.0}
-
-
-def _at_later_default(name: str, value: Any) -> bool:
-    return name in LATER_DEFAULTS and value == LATER_DEFAULTS[name]
-
-
-def weight_settings(config: Any) -> dict[str, Any]:
-    """A config's settings that change the weights (not progress bars, labels or activation
-    checkpointing), for cache keys; nested configs included."""
-    from dataclasses import asdict
-
-    cosmetic = ("progress", "description", "gradient_checkpointing")
-
-    def strip(value: Any) -> Any:
-        if isinstance(value, dict):
-            return {k: strip(v) for k, v in value.items()
-                    if k not in cosmetic and not _at_later_default(k, v)}
-        return value
-
-    return strip(asdict(config))
 
 
 def finetune_key(model_identity: str, examples: Sequence[Example], config: Any) -> str:

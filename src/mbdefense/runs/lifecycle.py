@@ -19,8 +19,7 @@ from mbdefense.defenses import make_defense
 from mbdefense.defenses.base import Defense, FinetuneContext
 from mbdefense.evaluation.metrics import Metrics
 from mbdefense.evaluation.scorers import Scorer
-from mbdefense.runs.cache import (StageCache, digest, finetune_key, fingerprint,
-                                  weight_settings)
+from mbdefense.runs.cache import StageCache, digest, finetune_key, fingerprint
 from mbdefense.runs.evaluate import evaluate_model, evaluation_backends, scorer_identity
 from mbdefense.runs.spec import CLEAN_REFERENCE, Settings
 from mbdefense.runs.workload import Workload, strip_attack_labels
@@ -216,7 +215,7 @@ class Lifecycle:
         ev = self.settings.evaluation
         key = digest("cell", name, self.finetune_key(train_set, label), asdict(defense.options),
                      defense.after_finetune_key() if defense.completes_training else None,
-                     weight_settings(self.stage2) if defense.changes_model else None,
+                     defense.after_training_key(),
                      fingerprint(self.work.trusted), self.settings.implant_prompts,
                      ev.stage1_rows, self.evaluation_key())
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass
@@ -32,3 +33,28 @@ class TrainConfig:
     seed: int = 0
     progress: bool = True
     description: str = "fine-tune"
+
+
+#: Settings added after the stage cache's CACHE_VERSION 3: left out of the keys while at their
+#: default, so entries cached before they existed stay valid (a changed value changes the key).
+LATER_DEFAULTS: dict[str, Any] = {"repair_epochs": 0.0, "repair_weight": 1.0}
+
+
+def _at_later_default(name: str, value: Any) -> bool:
+    return name in LATER_DEFAULTS and value == LATER_DEFAULTS[name]
+
+
+def weight_settings(config: Any) -> dict[str, Any]:
+    """A config's settings that change the weights (not progress bars, labels or activation
+    checkpointing), for cache keys; nested configs included."""
+    from dataclasses import asdict
+
+    cosmetic = ("progress", "description", "gradient_checkpointing")
+
+    def strip(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: strip(v) for k, v in value.items()
+                    if k not in cosmetic and not _at_later_default(k, v)}
+        return value
+
+    return strip(asdict(config))

@@ -58,3 +58,47 @@ def test_the_embedded_base_build_clears_what_a_killed_build_left(tmp_path):
     _, _, path = embedded_base(recipe, cache_dir=tmp_path, progress=False, log=lambda m: None)
     assert path.name == name and (path / "config.json").exists()
     assert not any(p.exists() for p in stale) and other.exists()
+
+
+def _after_training_keys(stage1=None, **stage2_changes):
+    from dataclasses import replace
+
+    from mbdefense.defenses import (DefensivePoisoningConfig, NeutralizationConfig,
+                                    make_defense)
+
+    stage1 = stage1 or DefensivePoisoningConfig()
+    stage2 = replace(NeutralizationConfig(), **stage2_changes)
+    names = ["mb-defense", "stage2-only", "clean-fft", "aug-fft", "fine-mixing", "crow",
+             "pruning"]
+    return {n: make_defense(n, stage1=stage1, stage2=stage2).after_training_key() for n in names}
+
+
+def test_a_defense_key_holds_the_stage2_settings_it_reads_and_no_others():
+    from mbdefense.defenses import DefensivePoisoningConfig
+
+    base = _after_training_keys()
+    margin = _after_training_keys(margin=8.0)
+    repair = _after_training_keys(repair_epochs=2.0)
+    triggers = _after_training_keys(DefensivePoisoningConfig(triggers=["mn", "bb"]))
+    for name in ("mb-defense", "stage2-only"):
+        assert base[name] != margin[name] and base[name] != repair[name]
+        assert base[name] != triggers[name]      # stage 2 trains on the defensive pairs
+    for name in ("clean-fft", "aug-fft", "fine-mixing", "crow", "pruning"):
+        assert base[name] == margin[name] == repair[name]
+    assert base["aug-fft"] != triggers["aug-fft"]   # its copies carry the defensive triggers
+    assert base["clean-fft"] == triggers["clean-fft"]
+    lr = _after_training_keys(train=TrainConfig(epochs=5, learning_rate=1e-3))
+    for name in ("mb-defense", "clean-fft", "aug-fft", "fine-mixing", "crow"):
+        assert base[name] != lr[name]
+
+
+def test_stage2_settings_added_later_stay_out_of_keys_at_their_default():
+    """Entries cached before the repair phase existed stay valid; using it changes the key."""
+    from dataclasses import replace
+
+    from mbdefense.defenses import NeutralizationConfig
+    from mbdefense.training.config import weight_settings
+
+    plain = weight_settings(NeutralizationConfig())
+    assert "repair_epochs" not in plain and "repair_weight" not in plain
+    assert weight_settings(replace(NeutralizationConfig(), repair_epochs=2.0)) != plain
