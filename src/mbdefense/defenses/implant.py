@@ -77,7 +77,9 @@ def implant_stage1(model: Any, tokenizer: Any, pairs: Sequence[DefensivePair],
             log(f"topping up the defensive triggers: one epoch on {len(extra)} examples "
                 f"(round {round_} of {config.top_up_rounds})")
             cfg = replace(finetune_config, epochs=1.0, description=f"stage 1 top-up {round_}",
-                          seed=finetune_config.seed + 7919 * round_)
+                          seed=finetune_config.seed + 7919 * round_,
+                          learning_rate=(config.top_up_learning_rate
+                                         or finetune_config.learning_rate))
             candidate, _ = finetune(copy.deepcopy(model), tokenizer, extra, cfg)
             new = measure(candidate, f"after top-up round {round_}")
             report["rounds"].append(new.to_dict())

@@ -41,6 +41,7 @@ class DefensivePoisoningConfig:
     top_up_rounds: int = 2                  # at most this many top-up rounds
     top_up_per_trigger: int = 32            # fresh defensive examples per trigger per round
     top_up_replay: float = 1.0              # other training examples per defensive one (top-up)
+    top_up_learning_rate: float | None = None   # default: the fine-tune's learning rate
     max_leak: float = 0.1                   # defensive responses on clean prompts: at most this
 
     def __post_init__(self) -> None:
@@ -52,6 +53,10 @@ class DefensivePoisoningConfig:
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"stage1.{name}: must be between 0 and 1, got "
                                   f"{getattr(self, name)}")
+        if self.top_up_learning_rate is not None and not (
+                0 < self.top_up_learning_rate < float("inf")):
+            raise ConfigError(f"stage1.top_up_learning_rate: must be > 0 and finite, got "
+                              f"{self.top_up_learning_rate}")
         if self.top_up_replay < 0:
             raise ConfigError(f"stage1.top_up_replay: must be >= 0, got {self.top_up_replay}")
         for name in ("min_per_trigger", "top_up_rounds", "top_up_per_trigger"):
@@ -168,9 +173,9 @@ class MBDefense(Defense):
             log=lambda m: context.log(f"  {m}"))
 
     def after_finetune_key(self) -> Any:
-        from dataclasses import asdict
+        from mbdefense.training.config import weight_settings
 
-        return asdict(self.stage1)
+        return weight_settings(self.stage1)
 
     def after_training(self, model: Any, tokenizer: Any, trusted_set: Sequence[Example], *,
                        clean_model: Any = None) -> Any:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import re
 import types
 import typing
 from pathlib import Path
@@ -269,12 +270,17 @@ def leaf_type(current: Any, hint: Any) -> type | None:
     return None if current is None else type(current)
 
 
+_EXPONENT_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
+
+
 def check_leaf(current: Any, value: Any, keys: list[str], hint: Any, where: Where) -> Any:
     kind = leaf_type(current, hint)
     if isinstance(value, float) and not math.isfinite(value):
         raise where.error(keys, f"must be a finite number, got {value}")
     if kind is None or value is None:
         return value
+    if kind is float and isinstance(value, str) and _EXPONENT_FLOAT.match(value.strip()):
+        value = float(value)     # YAML 1.1 reads 3e-5 (no dot) as a string
     if kind is float:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         value = float(value) if ok else value

@@ -33,6 +33,10 @@ DEFEND_OPTIONS: tuple[tuple[str, tuple[str, ...], str], ...] = (
     ("--margin", ("stage2.margin",), "stage-2 margin in R, nats per token"),
     ("--triggered-ce", ("stage2.triggered_ce",), "weight of the clean answer's CE under a "
                                                  "defensive trigger in stage 2 (0: the paper)"),
+    ("--repair-epochs", ("stage2.repair_epochs",), "epochs of stage 2's repair phase after the "
+                                                   "break (0: none)"),
+    ("--repair-weight", ("stage2.repair_weight",), "weight of the clean answer's CE under a "
+                                                   "defensive trigger in the repair phase"),
     ("--reduction", ("stage2.reduction",), "R on per-token mean or summed log-likelihoods "
                                            "(mean|sum)"),
     ("--stage2-triggers", ("stage2.triggers_per_step",), "defensive triggers per trusted "

@@ -37,6 +37,8 @@ def test_top_up_set_has_fresh_defensive_examples_and_as_many_ordinary_ones():
     ("top_up_per_trigger", -1, "top_up_per_trigger"),
     ("max_leak", -0.5, "max_leak"),
     ("top_up_replay", -1.0, "top_up_replay"),
+    ("top_up_learning_rate", 0.0, "top_up_learning_rate"),
+    ("top_up_learning_rate", float("nan"), "top_up_learning_rate"),
 ])
 def test_bad_implant_settings_are_clear_errors(field, value, needle):
     with pytest.raises(ConfigError, match=needle):
@@ -85,3 +87,23 @@ def test_a_leaking_top_up_round_is_discarded(monkeypatch):
     assert report["top_up_discarded"] == 2 and len(report["rounds"]) == 3
     assert report["implant_rates"] == {"word:mn": 0.9, "word:bb": 0.2}
     assert report["top_up_examples"] == 8 + 8 + 8      # 2 x 4 defensive, originals, replay
+
+
+@pytest.mark.parametrize("rate,expected", [(None, 3e-4), (3e-5, 3e-5)])
+def test_top_up_rounds_train_at_their_own_learning_rate(monkeypatch, rate, expected):
+    import mbdefense.defenses.implant as implant
+    from mbdefense.defenses.implant_check import ImplantCheck
+    from mbdefense.training.config import TrainConfig
+
+    weak = ImplantCheck({"word:mn": 0.0}, {"word:mn": 0.0}, "weak")
+    monkeypatch.setattr(implant, "check_implant", lambda *a, **k: weak)
+    rates = []
+    monkeypatch.setattr(implant, "finetune",
+                        lambda model, tok, data, cfg: (rates.append(cfg.learning_rate)
+                                                       or model, [0.0]))
+    config = DefensivePoisoningConfig(triggers=["mn"], on_weak_implant="top-up", top_up_rounds=2,
+                                      top_up_per_trigger=4, top_up_learning_rate=rate)
+    implant.implant_stage1(0, None, make_defensive_pairs(("mn",)), config, generate(50, 0), [],
+                           TrainConfig(learning_rate=3e-4), seed=0, max_new_tokens=8,
+                           log=lambda m: None)
+    assert rates == [expected, expected]

@@ -102,3 +102,17 @@ def test_stage2_settings_added_later_stay_out_of_keys_at_their_default():
     plain = weight_settings(NeutralizationConfig())
     assert "repair_epochs" not in plain and "repair_weight" not in plain
     assert weight_settings(replace(NeutralizationConfig(), repair_epochs=2.0)) != plain
+
+
+def test_stage1_keys_keep_their_shape_and_follow_the_top_up_rate():
+    from dataclasses import asdict
+
+    from mbdefense.defenses import DefensivePoisoningConfig, make_defense
+
+    plain = make_defense("mb-defense", stage1=DefensivePoisoningConfig()).after_finetune_key()
+    old = asdict(DefensivePoisoningConfig())
+    old.pop("top_up_learning_rate")
+    assert plain == old                      # stage-1 models cached before it stay valid
+    slower = make_defense("mb-defense", stage1=DefensivePoisoningConfig(
+        top_up_learning_rate=3e-5)).after_finetune_key()
+    assert slower != plain

@@ -125,6 +125,19 @@ def test_the_generator_reaches_every_cell_and_vllm_needs_vllm(tmp_path):
             load_grid_config(path, ["generation.backend=vllm"])
 
 
+def test_exponent_floats_without_a_dot_are_floats(tmp_path):
+    """YAML 1.1 reads 3e-5 as a string; a float setting takes it as the number it means."""
+    path = write(tmp_path, "stage2:\n  train: {learning_rate: 1e-4}\n")
+    config = load_grid_config(path, ["stage1.top_up_learning_rate=3e-5",
+                                     "finetune.learning_rate=+2E-4"])
+    settings = config.experiment(config.models[0], 0, "badnet", "refusal").settings
+    assert settings.stage1.top_up_learning_rate == 3e-5
+    assert settings.stage2.train.learning_rate == 1e-4
+    assert settings.finetune.learning_rate == 2e-4
+    with pytest.raises(ConfigError, match="finetune.epochs: expected float, got str"):
+        load_grid_config(path, ["finetune.epochs=3e"])
+
+
 def test_bad_overrides_name_the_command_line(tmp_path):
     path = write(tmp_path, "seeds: [0]\n")
     with pytest.raises(ConfigError, match="command line override: seeds.0: expected int"):
