@@ -6,7 +6,8 @@ models and MB-Defense's stage-1 models are trained once and each candidate costs
 and its evaluation. Prints, per candidate and attack, MB-Defense's CACC, ASR and AACC with
 their 95% intervals beside the clean and attacked references, and the candidate the rule
 picks: the highest mean AACC among those whose every ASR interval ends at or below
---max-asr and whose CACC stays within --max-cacc-drop of the attacked model's.
+--max-asr and whose CACC stays within --max-cacc-drop of the attacked model's, in every
+column; when none does, the one within the rule in the most columns (then mean AACC).
 
     python benchmarks/tune_stage2.py
     python benchmarks/tune_stage2.py --grid stage2.margin=5,8 stage2.repair_epochs=0,2
@@ -75,11 +76,11 @@ def cell(summary: dict, metric: str) -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    table, scores = [], {}
+    table, scores, fallback = [], {}, {}
     for candidate in candidates(args):
         doc = json.loads(run(candidate, args).read_text())
         by = {(s["attack"], s["behavior"], s["defense"]): s for s in doc["summary"]}
-        ok, aaccs = True, []
+        passed, aaccs = [], []
         for attack, behavior in sorted({(a, b) for a, b, _ in by}):
             mb, none = by.get((attack, behavior, "mb-defense")), by.get((attack, behavior, "none"))
             clean = by.get((attack, behavior, "clean"))
@@ -91,10 +92,13 @@ def main(argv=None) -> int:
                           cell(clean or {}, "aacc")])
             asr_hi = (mb.get("asr_ci") or [1.0, 1.0])[1]
             drop = (none["cacc_mean"] - mb["cacc_mean"]) if none else 0.0
-            ok &= asr_hi <= args.max_asr and drop <= args.max_cacc_drop
+            passed.append(asr_hi <= args.max_asr and drop <= args.max_cacc_drop)
             aaccs.append(mb["aacc_mean"])
-        if ok and aaccs:
-            scores[label(candidate)] = sum(aaccs) / len(aaccs)
+        if aaccs:
+            mean_aacc = sum(aaccs) / len(aaccs)
+            fallback[label(candidate)] = (sum(passed), len(passed), mean_aacc)
+            if all(passed):
+                scores[label(candidate)] = mean_aacc
     header = ["candidate", "attack", "MB CACC", "MB ASR", "MB AACC", "none CACC", "clean AACC"]
     widths = [max(len(str(r[i])) for r in [header, *table]) for i in range(len(header))]
     for line in [header, *table]:
@@ -102,8 +106,15 @@ def main(argv=None) -> int:
     if scores:
         best = max(scores, key=scores.get)
         print(f"\npicked on validation: {best} (mean AACC {scores[best]:.3f})")
+    elif fallback:
+        # the fallback: the most columns within the rule, then the higher mean AACC
+        best = max(fallback, key=lambda k: (fallback[k][0], fallback[k][2]))
+        n_ok, n, mean_aacc = fallback[best]
+        print(f"\nno candidate meets the rule in every column on validation; the fallback "
+              f"(most columns within it, then mean AACC) picks {best}: {n_ok} of {n} "
+              f"columns, mean AACC {mean_aacc:.3f}")
     else:
-        print("\nno candidate meets the rule on validation")
+        print("\nno candidate was measured")
     return 0
 
 

@@ -111,9 +111,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--size", choices=["default", "smoke"], default="default",
                       help="'smoke': a one-minute run on a smaller model (low clean accuracy), "
                            "to check an installation (default: %(default)s)")
+    from mbdefense.runs.presets import embedded, embedded_smoke
+
     demo.add_argument("--margin", type=float, default=None,
-                      help="stage-2 margin in R, nats per token (default: the preset's: 5, or 0 "
-                           "for smoke)")
+                      help=f"stage-2 margin in R, nats per token (default: the preset's: "
+                           f"{embedded().stage2.margin:g}, or {embedded_smoke().stage2.margin:g} "
+                           f"for smoke)")
     demo.add_argument("--generator", choices=["plain", "vllm"], default="plain",
                       help="evaluation backend (default: %(default)s)")
     _common(demo, force=True)

@@ -26,9 +26,9 @@ def embedded() -> Settings:
         finetune=TrainConfig(epochs=2, learning_rate=3e-4, batch_size=8,
                              description="instruction-tune"),
         stage1=DefensivePoisoningConfig(min_per_trigger=40),
-        # margin 5 (per-token nats) chosen by measurement over every trigger kind: without it
-        # the syntactic and style backdoors survive stage 2 (docs/results.md)
-        stage2=NeutralizationConfig(margin=5.0, triggers_per_step="all", train=TrainConfig(
+        # margin 8 (per-token nats), chosen on the validation split over every Table 1 column
+        # (benchmarks/tune_stage2.py, docs/results.md): at 5 the sentence trigger survives
+        stage2=NeutralizationConfig(margin=8.0, triggers_per_step="all", train=TrainConfig(
             epochs=5, learning_rate=1e-4, batch_size=8, description="stage 2")),
         generation=GenerationSpec(max_new_tokens=24),
         evaluation=EvaluationSpec(scorer="rules"),
