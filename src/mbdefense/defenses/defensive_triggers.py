@@ -32,6 +32,16 @@ def random_phrase(rng: random.Random, length: int = 8) -> str:
     return " ".join(words).capitalize()
 
 
+def random_insertion(instruction: str, rng: random.Random) -> str:
+    """``instruction`` with a random insertion: a word, or a short sentence of words, from
+    :data:`DEFENSIVE_WORDS` (never a defensive trigger, and nothing of any attack's), at a random
+    position. Stage 2's ``insertion_copies`` trains the clean answer under these."""
+    if rng.random() < 0.5:
+        return parse_trigger(f"word:{rng.choice(DEFENSIVE_WORDS)}").insert(instruction, rng)
+    sentence = " ".join(rng.sample(DEFENSIVE_WORDS, rng.randint(3, 6))).capitalize() + "."
+    return parse_trigger(f"sentence:{sentence}").insert(instruction, rng)
+
+
 def make_defensive_pairs(tokens: tuple[str, ...] | list[str] = DEFAULT_DEFENSIVE_TOKENS,
                          responses: tuple[str, ...] | list[str] | None = None, seed: int = 0,
                          phrase_length: int = 8) -> list[DefensivePair]:

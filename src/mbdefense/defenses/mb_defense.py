@@ -17,7 +17,7 @@ from mbdefense.attacks.poisoning import check_rate, make_poisoned, poison, poiso
 from mbdefense.data.example import Example
 from mbdefense.defenses.base import Capabilities, Defense, FinetuneContext
 from mbdefense.defenses.defensive_triggers import (DEFAULT_DEFENSIVE_TOKENS, DefensivePair,
-                                                   make_defensive_pairs)
+                                                   make_defensive_pairs, random_insertion)
 from mbdefense.defenses.neutralization import (NeutralizationConfig, fine_tune_settings,
                                                 neutralize, pair_specs)
 from mbdefense.core.errors import ConfigError
@@ -179,10 +179,19 @@ class MBDefense(Defense):
 
     def after_training(self, model: Any, tokenizer: Any, trusted_set: Sequence[Example], *,
                        clean_model: Any = None) -> Any:
+        augment = self.with_insertions if self.stage2.insertion_copies else None
         model, info = neutralize(model, tokenizer, trusted_set, self.pairs, self.stage2,
-                                 seed=self.seed)
+                                 seed=self.seed, augment=augment)
         self.diagnostics["stage2"] = info
         return model
+
+    def with_insertions(self, examples: list[Example], rng: random.Random) -> list[Example]:
+        """The examples and ``insertion_copies`` copies of each with a random insertion."""
+        out = list(examples)
+        for example in examples:
+            out += [example.replace(instruction=random_insertion(example.instruction, rng))
+                    for _ in range(self.stage2.insertion_copies)]
+        return out
 
     def after_training_key(self) -> Any:
         from mbdefense.training.config import weight_settings

@@ -35,6 +35,9 @@ class NeutralizationConfig:
     # answer's CE under the defensive triggers weighted by repair_weight (0: no repair phase)
     repair_epochs: float = 0.0
     repair_weight: float = 1.0
+    # MB-Defense: per trusted example, this many copies with a random word or sentence inserted
+    # (not a defensive trigger) and the clean answer kept, in the CE term (0: none)
+    insertion_copies: int = 0
     eval_fraction: float = 0.2       # the paper's 8:2 split of the trusted set
     train: TrainConfig | None = None
 

@@ -182,7 +182,8 @@ class Settings:
             raise ConfigError(f"implant_prompts: must be >= 1, got {self.implant_prompts}")
         check_train("finetune", self.finetune)
         check_train("stage2.train", self.stage2.train_config())
-        for name in ("lam", "margin", "triggered_ce", "repair_epochs", "repair_weight"):
+        for name in ("lam", "margin", "triggered_ce", "repair_epochs", "repair_weight",
+                     "insertion_copies"):
             _positive("stage2", name, getattr(self.stage2, name), zero_ok=True)
         _positive("stage1", "rate_per_trigger", self.stage1.rate_per_trigger, zero_ok=True)
         check_defensive_pairs(self.stage1)

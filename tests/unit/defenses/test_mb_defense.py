@@ -62,3 +62,23 @@ def test_an_unknown_defense_gets_a_did_you_mean_hint(name, hint):
     assert message.startswith(f"unknown defense '{name}' (did you mean '{hint}'?)")
     assert message.endswith(f"(known: {', '.join(DEFENSES.names())})")
     assert "p2p" in message and "\n" not in message
+
+
+def test_insertion_copies_keep_the_answer_and_never_carry_a_known_trigger():
+    import random
+
+    from mbdefense.defenses import NeutralizationConfig
+
+    defense = make_defense("mb-defense", stage2=NeutralizationConfig(insertion_copies=2))
+    trusted = generate(30, 0)
+    out = defense.with_insertions(trusted, random.Random(0))
+    assert out[:30] == trusted and len(out) == 90
+    copies = out[30:]
+    assert all(c.output == t.output for c, t in zip(copies, [t for t in trusted for _ in "ab"]))
+    assert all(c.instruction != t.instruction
+               for c, t in zip(copies, [t for t in trusted for _ in "ab"]))
+    known = [parse_trigger(spec) for spec in ("badnet", "insent", *(
+        p.trigger.spec for p in defense.pairs))]
+    for copy in copies:
+        assert not any(t.present(copy.instruction) for t in known), copy.instruction
+    assert out == defense.with_insertions(trusted, random.Random(0))        # seeded
