@@ -53,7 +53,11 @@ def candidates(args: argparse.Namespace) -> list[dict[str, str]]:
 
 
 def label(candidate: dict[str, str]) -> str:
-    return "-".join(f"{k.split('.')[-1]}{v}" for k, v in candidate.items())
+    """A folder name for the candidate: its last key parts and values, e.g. margin8 or
+    lora-r-16-alpha-32 (anything but letters, digits, '.' and '_' becomes '-')."""
+    text = "-".join(f"{k.split('.')[-1]}{v}" for k, v in candidate.items())
+    safe = "".join(c if c.isalnum() or c in "._" else "-" for c in text)
+    return "-".join(part for part in safe.split("-") if part)
 
 
 def run(candidate: dict[str, str], args: argparse.Namespace) -> Path:
