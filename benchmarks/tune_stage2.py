@@ -42,13 +42,27 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def top_level_split(values: str) -> list[str]:
+    """Split on the commas outside brackets and braces: ``{r: 16, alpha: 32},{r: 8}`` is two."""
+    parts, depth, current = [], 0, ""
+    for char in values:
+        depth += char in "[{"
+        depth -= char in "]}"
+        if char == "," and depth == 0:
+            parts.append(current.strip())
+            current = ""
+        else:
+            current += char
+    return parts + [current.strip()]
+
+
 def candidates(args: argparse.Namespace) -> list[dict[str, str]]:
     axes = []
     for axis in args.grid:
         key, sep, values = axis.partition("=")
         if not sep or not key or not values:
             raise SystemExit(f"--grid {axis}: expected KEY=V1,V2,...")
-        axes.append([(key, v) for v in values.split(",")])
+        axes.append([(key, v) for v in top_level_split(values)])
     return [dict(choice) for choice in itertools.product(*axes)]
 
 
