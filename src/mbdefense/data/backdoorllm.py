@@ -44,9 +44,11 @@ class BackdoorLLMData:
     behavior: str
 
 
-def _take(examples: list[Example], n: int, what: str, path: Path) -> list[Example]:
+def _take(examples: list[Example], n: int, what: str, path: Path, where: str = ""
+          ) -> list[Example]:
     if n > len(examples):
-        raise ConfigError(f"backdoorllm: asked for {n} {what} but {path} has {len(examples)}")
+        raise ConfigError(f"backdoorllm: asked for {n} {what} but {path} has {len(examples)}"
+                          f"{where}")
     return examples[:n]
 
 
@@ -84,8 +86,14 @@ def load_backdoorllm(root: str | Path, task: str = "refusal", attack: str = "bad
         if key in ("test", "triggered"):
             examples = [e for e in examples if is_validation(e) == (split == "validation")]
         rng.shuffle(examples)
+        if key in ("test", "triggered"):
+            # a test prompt without a reference answer cannot be scored (the clean test file
+            # has one, with its triggered copies); dropped after the shuffle, so the others
+            # keep their order and the sets drawn before this rule stay the same
+            examples = [e for e in examples if e.output.strip()]
         loaded[key] = examples
     trigger, behavior = BACKDOORLLM_TRIGGERS[attack], BACKDOORLLM_BEHAVIORS[task]
+    scorable = f" in its {split} split with a reference answer"
     pool = _take(loaded["pool"], n_clean + n_poison, "clean training examples", paths["pool"])
     poisoned = [e.replace(meta=dict(e.meta, poisoned="attack", trigger=trigger,
                                     behavior=behavior))
@@ -94,9 +102,9 @@ def load_backdoorllm(root: str | Path, task: str = "refusal", attack: str = "bad
     rng.shuffle(attacked)
     triggered = [e.replace(meta=dict(e.meta, trigger=trigger))
                  for e in _take(loaded["triggered"], n_test, "triggered test prompts",
-                                paths["triggered"])]
+                                paths["triggered"], scorable)]
     return BackdoorLLMData(
         clean_train=pool, attacked_train=attacked,
         trusted=_take(loaded["trusted"], n_trusted, "trusted examples", paths["trusted"]),
-        test_clean=_take(loaded["test"], n_test, "clean test prompts", paths["test"]),
+        test_clean=_take(loaded["test"], n_test, "clean test prompts", paths["test"], scorable),
         test_triggered=triggered, trigger=trigger, behavior=behavior)

@@ -47,6 +47,26 @@ def test_workload_sizes_and_tags(fake_root):
     assert [e.to_dict() for e in again.attacked_train] == [e.to_dict() for e in data.attacked_train]
 
 
+def test_test_prompts_without_a_reference_answer_are_left_out(fake_root):
+    """One clean test example of the real data has an empty output (and so do its triggered
+    copies): it cannot be scored, so it is never drawn, and asking for more prompts than are
+    left names the file."""
+    for name, prefix in (("clean/alpaca_clean_test200.json", "Describe item"),
+                         ("test/refusal_badnet_poison200.json", "Describe item BadMagic")):
+        path = fake_root / name
+        rows = json.loads(path.read_text())
+        rows += [{"instruction": f"{prefix} empty {i}.", "input": "", "output": "  "}
+                 for i in range(40)]
+        path.write_text(json.dumps(rows))
+    for seed in range(5):
+        data = load_backdoorllm(fake_root, n_clean=16, n_poison=4, n_trusted=8, n_test=6,
+                                seed=seed)
+        assert all(e.output.strip() for e in data.test_clean + data.test_triggered)
+    with pytest.raises(ConfigError, match="poison200.json has .* in its test split with a "
+                                          "reference answer"):
+        load_backdoorllm(fake_root, n_clean=16, n_poison=4, n_trusted=8, n_test=11)
+
+
 def test_too_many_requested_names_the_file(fake_root):
     with pytest.raises(ConfigError, match="refusal_badnet_poison500.json has 12"):
         load_backdoorllm(fake_root, n_clean=10, n_poison=13, n_trusted=8, n_test=6)
@@ -59,12 +79,13 @@ def test_too_many_requested_names_the_file(fake_root):
 @pytest.mark.parametrize("task", ["refusal", "negsentiment"])
 @pytest.mark.parametrize("attack", sorted(BACKDOORLLM_TRIGGERS))
 def test_real_files_load_and_carry_their_triggers(task, attack):
-    data = load_backdoorllm(SHARED, task, attack, n_clean=400, n_poison=100, n_test=200)
+    # a quarter of each test file is validation: 100 of the other ~150 prompts
+    data = load_backdoorllm(SHARED, task, attack, n_clean=400, n_poison=100, n_test=100)
     trigger = parse_trigger(data.trigger)
     poisoned = [e for e in data.attacked_train if e.meta.get("poisoned")]
     assert len(poisoned) == 100
     carried = sum(trigger.present(e.instruction) for e in poisoned + data.test_triggered)
-    assert carried / 300 >= 0.95
+    assert carried / 200 >= 0.95
     assert not any(trigger.present(e.instruction) for e in data.test_clean)
 
 
