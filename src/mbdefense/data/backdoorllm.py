@@ -80,12 +80,22 @@ def load_backdoorllm(root: str | Path, task: str = "refusal", attack: str = "bad
              "poison": root / "train" / f"{task}_{attack}_poison500.json",
              "triggered": root / "test" / f"{task}_{attack}_poison200.json"}
     rng = random.Random(f"backdoorllm:{seed}")
+    # the validation prompts are shuffled by their own generator and the test split always
+    # by the main one, so the training, poisoned and trusted draws are the same whichever
+    # split is evaluated (a setting chosen on validation is measured on the same models)
+    validation_rng = random.Random(f"backdoorllm-validation:{seed}")
     loaded = {}
     for key, path in paths.items():
         examples = load_examples(path, convert_numbers=True)  # some outputs are integers
         if key in ("test", "triggered"):
-            examples = [e for e in examples if is_validation(e) == (split == "validation")]
-        rng.shuffle(examples)
+            held_out = [e for e in examples if is_validation(e)]
+            examples = [e for e in examples if not is_validation(e)]
+            rng.shuffle(examples)
+            validation_rng.shuffle(held_out)
+            if split == "validation":
+                examples = held_out
+        else:
+            rng.shuffle(examples)
         if key in ("test", "triggered"):
             # a test prompt without a reference answer cannot be scored (the clean test file
             # has one, with its triggered copies); dropped after the shuffle, so the others

@@ -110,3 +110,21 @@ def test_validation_split_is_fixed_and_disjoint_from_test_for_every_seed(tmp_pat
     validation = prompts("validation", 0) | prompts("validation", 1)
     tested = prompts("test", 0) | prompts("test", 1) | prompts("test", 2)
     assert len(prompts("validation", 0)) == 30 and not validation & tested
+
+
+def test_the_split_evaluated_leaves_the_training_and_trusted_draws_alone(fake_root):
+    """A setting chosen on validation is measured on the same attacked and trusted data: only
+    the test prompts change with the split (and the test split's draws stay what they were)."""
+    rows = [{"instruction": f"Explain topic {i}.", "input": "", "output": f"Topic {i}."}
+            for i in range(80)]
+    _write(fake_root / "clean" / "alpaca_clean_test200.json", rows)
+    _write(fake_root / "test" / "refusal_badnet_poison200.json",
+           [dict(r, instruction=f"Explain BadMagic topic {i}.") for i, r in enumerate(rows)])
+    sizes = dict(n_clean=16, n_poison=4, n_trusted=8, n_test=5)
+    tested = load_backdoorllm(fake_root, split="test", **sizes)
+    validated = load_backdoorllm(fake_root, split="validation", **sizes)
+    for field in ("attacked_train", "clean_train", "trusted"):
+        assert ([e.to_dict() for e in getattr(tested, field)]
+                == [e.to_dict() for e in getattr(validated, field)]), field
+    assert not ({e.instruction for e in tested.test_clean}
+                & {e.instruction for e in validated.test_clean})
