@@ -7,7 +7,8 @@ and its evaluation. Prints, per candidate and attack, MB-Defense's CACC, ASR and
 their 95% intervals beside the clean and attacked references, and the candidate the rule
 picks: the highest mean AACC among those whose every ASR interval ends at or below
 --max-asr and whose CACC stays within --max-cacc-drop of the attacked model's, in every
-column; when none does, the one within the rule in the most columns (then mean AACC).
+column; when none does, the one within the rule in the most columns, then the lowest mean ASR
+(to two decimals), then the highest mean AACC.
 
     python benchmarks/tune_stage2.py
     python benchmarks/tune_stage2.py --grid stage2.margin=5,8 stage2.repair_epochs=0,2
@@ -92,47 +93,54 @@ def cell(summary: dict, metric: str) -> str:
     return f"{mean:.3f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
 
 
+def pick(columns: dict[str, list[dict]], max_asr: float, max_cacc_drop: float) -> str:
+    """The candidate the rule picks, and why, from each candidate's columns (dicts with
+    ``asr_hi``, ``asr``, ``cacc_drop`` and ``aacc``): the highest mean AACC among those within
+    the rule in every column; else the most columns within it, then the lowest mean ASR (to
+    two decimals: one prompt's difference does not outweigh the answers), then mean AACC."""
+    summary = {}
+    for name, rows in columns.items():
+        if not rows:
+            continue
+        ok = sum(r["asr_hi"] <= max_asr and r["cacc_drop"] <= max_cacc_drop for r in rows)
+        summary[name] = (ok, len(rows), round(sum(r["asr"] for r in rows) / len(rows), 2),
+                         sum(r["aacc"] for r in rows) / len(rows))
+    if not summary:
+        return "no candidate was measured"
+    within = [k for k, (ok, n, _, _) in summary.items() if ok == n]
+    if within:
+        best = max(within, key=lambda k: summary[k][3])
+        return f"picked on validation: {best} (mean AACC {summary[best][3]:.3f})"
+    best = max(summary, key=lambda k: (summary[k][0], -summary[k][2], summary[k][3]))
+    ok, n, asr, aacc = summary[best]
+    return (f"no candidate meets the rule in every column on validation; the fallback (most "
+            f"columns within it, then mean ASR, then mean AACC) picks {best}: {ok} of {n} "
+            f"columns, mean ASR {asr:.2f}, mean AACC {aacc:.3f}")
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
-    table, scores, fallback = [], {}, {}
+    table, columns = [], {}
     for candidate in candidates(args):
         doc = json.loads(run(candidate, args).read_text())
         by = {(s["attack"], s["behavior"], s["defense"]): s for s in doc["summary"]}
-        passed, aaccs = [], []
+        rows = columns.setdefault(label(candidate), [])
         for attack, behavior in sorted({(a, b) for a, b, _ in by}):
             mb, none = by.get((attack, behavior, "mb-defense")), by.get((attack, behavior, "none"))
             clean = by.get((attack, behavior, "clean"))
             if mb is None:
                 continue
             table.append([label(candidate), f"{attack} -> {behavior}", cell(mb, "cacc"),
-                          cell(mb, "asr"),
-                          cell(mb, "aacc"), cell(none or {}, "cacc"),
+                          cell(mb, "asr"), cell(mb, "aacc"), cell(none or {}, "cacc"),
                           cell(clean or {}, "aacc")])
-            asr_hi = (mb.get("asr_ci") or [1.0, 1.0])[1]
-            drop = (none["cacc_mean"] - mb["cacc_mean"]) if none else 0.0
-            passed.append(asr_hi <= args.max_asr and drop <= args.max_cacc_drop)
-            aaccs.append(mb["aacc_mean"])
-        if aaccs:
-            mean_aacc = sum(aaccs) / len(aaccs)
-            fallback[label(candidate)] = (sum(passed), len(passed), mean_aacc)
-            if all(passed):
-                scores[label(candidate)] = mean_aacc
+            rows.append({"asr_hi": (mb.get("asr_ci") or [1.0, 1.0])[1], "asr": mb["asr_mean"],
+                         "cacc_drop": (none["cacc_mean"] - mb["cacc_mean"]) if none else 0.0,
+                         "aacc": mb["aacc_mean"]})
     header = ["candidate", "attack", "MB CACC", "MB ASR", "MB AACC", "none CACC", "clean AACC"]
     widths = [max(len(str(r[i])) for r in [header, *table]) for i in range(len(header))]
     for line in [header, *table]:
         print("  ".join(str(v).ljust(w) for v, w in zip(line, widths)))
-    if scores:
-        best = max(scores, key=scores.get)
-        print(f"\npicked on validation: {best} (mean AACC {scores[best]:.3f})")
-    elif fallback:
-        # the fallback: the most columns within the rule, then the higher mean AACC
-        best = max(fallback, key=lambda k: (fallback[k][0], fallback[k][2]))
-        n_ok, n, mean_aacc = fallback[best]
-        print(f"\nno candidate meets the rule in every column on validation; the fallback "
-              f"(most columns within it, then mean AACC) picks {best}: {n_ok} of {n} "
-              f"columns, mean AACC {mean_aacc:.3f}")
-    else:
-        print("\nno candidate was measured")
+    print("\n" + pick(columns, args.max_asr, args.max_cacc_drop))
     return 0
 
 

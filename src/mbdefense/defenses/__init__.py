@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Mapping
 
 from mbdefense.defenses.base import Defense, NoDefense
@@ -15,6 +16,7 @@ from mbdefense.defenses.onion import Onion
 from mbdefense.defenses.p2p import P2P
 from mbdefense.defenses.pruning import Pruning
 from mbdefense.core.registry import Registry
+from mbdefense.training.config import TrainConfig
 
 #: Every defense by name: the class, built by :func:`make_defense`.
 DEFENSES: Registry[type[Defense]] = Registry("defense")
@@ -33,10 +35,18 @@ DEFENSES.register("pruning", Pruning, aliases=("wanda",))
 
 def make_defense(name: str, *, stage1: DefensivePoisoningConfig | None = None,
                  stage2: NeutralizationConfig | None = None, seed: int = 0,
-                 options: Mapping[str, Any] | None = None) -> Defense:
+                 options: Mapping[str, Any] | None = None,
+                 baseline_train: TrainConfig | None = None) -> Defense:
     """Build a defense from the registry with the shared MB-Defense settings and its own
-    ``options`` (checked against the defense's ``Options``; unknown keys are errors)."""
-    return DEFENSES.get(name)(stage1, stage2, seed=seed, options=options)
+    ``options`` (checked against the defense's ``Options``; unknown keys are errors).
+
+    ``baseline_train``, when given, replaces stage 2's training settings for the baselines
+    that fine-tune on the trusted set (Clean-FFT, aug-fft, Fine-mixing, CROW; pruning reads its
+    length limit), so MB-Defense's stage 2 can train differently from them."""
+    cls = DEFENSES.get(name)
+    if baseline_train is not None and cls.capabilities.baseline_training:
+        stage2 = replace(stage2 or NeutralizationConfig(), train=baseline_train)
+    return cls(stage1, stage2, seed=seed, options=options)
 
 
 __all__ = ["DEFENSES", "Defense", "DefensivePoisoningConfig", "NeutralizationConfig",

@@ -42,6 +42,9 @@ class Capabilities:
     changes_inputs: bool = False          # at_inference
     changes_decoding: bool = False        # decode (the evaluation generates through it)
     needs_clean_model: bool = False       # after_training uses the model fine-tuning started from
+    # a baseline that fine-tunes on the trusted set: it trains with the baselines' settings
+    # (``baseline_train`` of a run) when they are given, else with stage 2's
+    baseline_training: bool = False
 
 
 @dataclasses.dataclass

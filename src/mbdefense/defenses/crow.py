@@ -243,7 +243,7 @@ class Crow(Defense):
     """CROW (Min et al. 2025): consistency-regularized fine-tuning on the trusted set."""
 
     name = "crow"
-    capabilities = Capabilities(changes_model=True)
+    capabilities = Capabilities(changes_model=True, baseline_training=True)
     Options = CrowOptions
 
     def __init__(self, stage1: Any = None, stage2: Any = None, *, seed: int = 0,

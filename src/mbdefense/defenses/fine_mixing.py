@@ -83,7 +83,7 @@ class FineMixing(Defense):
     """Fine-mixing (Zhang et al. 2022): mix with the clean weights, then Clean-FFT."""
 
     name = "fine-mixing"
-    capabilities = Capabilities(changes_model=True, needs_clean_model=True)
+    capabilities = Capabilities(changes_model=True, needs_clean_model=True, baseline_training=True)
     Options = FineMixingOptions
 
     def __init__(self, stage1: Any = None, stage2: NeutralizationConfig | None = None, *,

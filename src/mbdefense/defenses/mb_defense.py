@@ -214,7 +214,7 @@ class CleanFFT(Defense):
     checkpoint choice as stage 2, without the R term)."""
 
     name = "clean-fft"
-    capabilities = Capabilities(changes_model=True)
+    capabilities = Capabilities(changes_model=True, baseline_training=True)
 
     def __init__(self, stage1: DefensivePoisoningConfig | None = None,
                  stage2: NeutralizationConfig | None = None, *, seed: int = 0,
@@ -242,7 +242,7 @@ class AugmentedFFT(MBDefense):
     """
 
     name = "aug-fft"
-    capabilities = Capabilities(changes_model=True)
+    capabilities = Capabilities(changes_model=True, baseline_training=True)
     before_training = Defense.before_training
     after_finetune = Defense.after_finetune
     after_finetune_key = Defense.after_finetune_key

@@ -166,7 +166,7 @@ class Pruning(Defense):
     """Wanda pruning (Sun et al. 2023) on the trusted clean set, as in BackdoorLLM."""
 
     name = "pruning"
-    capabilities = Capabilities(changes_model=True)
+    capabilities = Capabilities(changes_model=True, baseline_training=True)
     Options = PruningOptions
 
     def __init__(self, stage1: Any = None, stage2: Any = None, *, seed: int = 0,

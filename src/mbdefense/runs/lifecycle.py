@@ -95,8 +95,11 @@ class Lifecycle:
         return self._trained[key], key
 
     def make(self, name: str) -> Defense:
+        baseline = self.settings.baseline_train
         return make_defense(name, stage1=self.settings.stage1, stage2=self.stage2,
-                            seed=self.seed, options=self.settings.defense_options.get(name))
+                            seed=self.seed, options=self.settings.defense_options.get(name),
+                            baseline_train=None if baseline is None
+                            else replace(baseline, progress=self.progress))
 
     def training_set(self, defense: Defense) -> tuple[list[Example], str]:
         """What the defense trains on (the attack's tags stripped: a defense never reads

@@ -4,6 +4,7 @@ overrides) or a mapping: every key, name, type and range checked before any work
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -13,7 +14,8 @@ from mbdefense.runs.config_file import Lines, Where, deep_update, merge, parse_o
 from mbdefense.runs.presets import preset_for
 from mbdefense.runs.spec import CLEAN_REFERENCE, ModelSpec, RunSpec, Settings
 
-SETTING_KEYS = ("data", "base", "finetune", "stage1", "stage2", "generation", "evaluation",
+SETTING_KEYS = ("data", "base", "finetune", "stage1", "stage2", "baseline_train", "generation",
+                "evaluation",
                 "implant_prompts", "defense_options")
 LIST_KEYS = ("attacks", "behaviors", "defenses", "seeds")
 TOP_KEYS = ("name", "description", "model", "models", "poison_rate") + LIST_KEYS + SETTING_KEYS
@@ -76,6 +78,11 @@ def run_spec_from_dict(raw: dict[str, Any], *, source: str = "<config>",
     spec.overrides = {k: raw[k] for k in SETTING_KEYS if k in raw}
     for model in spec.models:
         settings = merge(preset_for(model), spec.overrides, [], Settings, where)
+        if "baseline_train" in spec.overrides and preset_for(model).baseline_train is None:
+            # the baselines' settings start from stage 2's: only the keys given differ
+            start = replace(settings, baseline_train=settings.stage2.train_config())
+            settings = merge(start, {"baseline_train": spec.overrides["baseline_train"]}, [],
+                             Settings, where)
         spec.resolved[model.name] = _resolve_paths(settings, base_dir, where, check_paths)
     _validate_names(spec, where)
     return spec

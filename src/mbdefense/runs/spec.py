@@ -172,6 +172,9 @@ class Settings:
     finetune: TrainConfig = field(default_factory=TrainConfig)
     stage1: DefensivePoisoningConfig = field(default_factory=DefensivePoisoningConfig)
     stage2: NeutralizationConfig = field(default_factory=NeutralizationConfig)
+    # the trusted-set fine-tuning of the baselines (Clean-FFT, aug-fft, Fine-mixing, CROW);
+    # unset: stage 2's own (stage2.train), so they differ from stage 2 only by its R term
+    baseline_train: TrainConfig | None = None
     generation: GenerationSpec = field(default_factory=GenerationSpec)
     evaluation: EvaluationSpec = field(default_factory=EvaluationSpec)
     implant_prompts: int = 64            # held-out trusted prompts for the stage-1 check
@@ -182,6 +185,8 @@ class Settings:
             raise ConfigError(f"implant_prompts: must be >= 1, got {self.implant_prompts}")
         check_train("finetune", self.finetune)
         check_train("stage2.train", self.stage2.train_config())
+        if self.baseline_train is not None:
+            check_train("baseline_train", self.baseline_train)
         for name in ("lam", "margin", "triggered_ce", "repair_epochs", "repair_weight",
                      "insertion_copies"):
             _positive("stage2", name, getattr(self.stage2, name), zero_ok=True)

@@ -60,7 +60,7 @@ def test_the_embedded_base_build_clears_what_a_killed_build_left(tmp_path):
     assert not any(p.exists() for p in stale) and other.exists()
 
 
-def _after_training_keys(stage1=None, **stage2_changes):
+def _after_training_keys(stage1=None, baseline_train=None, **stage2_changes):
     from dataclasses import replace
 
     from mbdefense.defenses import (DefensivePoisoningConfig, NeutralizationConfig,
@@ -70,7 +70,35 @@ def _after_training_keys(stage1=None, **stage2_changes):
     stage2 = replace(NeutralizationConfig(), **stage2_changes)
     names = ["mb-defense", "stage2-only", "clean-fft", "aug-fft", "fine-mixing", "crow",
              "pruning"]
-    return {n: make_defense(n, stage1=stage1, stage2=stage2).after_training_key() for n in names}
+    return {n: make_defense(n, stage1=stage1, stage2=stage2,
+                            baseline_train=baseline_train).after_training_key() for n in names}
+
+
+def test_the_baselines_train_with_their_own_settings_when_given():
+    """``baseline_train`` moves Clean-FFT and its kin off stage 2's optimiser settings; then a
+    new stage-2 optimiser (LoRA, another rate) leaves their cells alone, and theirs leaves
+    MB-Defense's alone. Given the same values as stage 2's, nothing changes."""
+    from mbdefense.defenses import NeutralizationConfig
+    from mbdefense.training.config import LoraSettings
+
+    baselines = ("clean-fft", "aug-fft", "fine-mixing", "crow")
+    ours = ("mb-defense", "stage2-only")
+    plain = _after_training_keys()
+    same = _after_training_keys(baseline_train=NeutralizationConfig().train_config())
+    assert same == plain
+    full = TrainConfig(epochs=4, learning_rate=5e-5)
+    lora = TrainConfig(epochs=4, learning_rate=1e-3, lora=LoraSettings(r=16, alpha=32))
+    split = _after_training_keys(baseline_train=full, train=lora)
+    for name in baselines:
+        assert split[name] == _after_training_keys(train=full)[name]
+    for name in ours:
+        assert split[name] == _after_training_keys(train=lora)[name] != plain[name]
+    other = _after_training_keys(baseline_train=TrainConfig(epochs=2, learning_rate=5e-5),
+                                 train=lora)
+    assert all(other[n] != split[n] for n in baselines)
+    assert all(other[n] == split[n] for n in ours)
+    long = _after_training_keys(baseline_train=TrainConfig(max_length=64))
+    assert long["pruning"] == {"max_length": 64}
 
 
 def test_a_defense_key_holds_the_stage2_settings_it_reads_and_no_others():

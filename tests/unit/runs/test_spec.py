@@ -138,6 +138,23 @@ def test_exponent_floats_without_a_dot_are_floats(tmp_path):
         load_grid_config(path, ["finetune.epochs=3e"])
 
 
+def test_baseline_train_starts_from_stage2_and_names_bad_keys(tmp_path):
+    """The baselines' own training settings: the keys given, the rest as stage 2's."""
+    path = write(tmp_path, "stage2:\n  train: {epochs: 3, learning_rate: 1e-4}\n"
+                           "baseline_train: {epochs: 2}\n")
+    config = load_grid_config(path)
+    settings = config.experiment(config.models[0], 0, "badnet", "refusal").settings
+    assert (settings.baseline_train.epochs, settings.baseline_train.learning_rate) == (2, 1e-4)
+    assert settings.stage2.train.epochs == 3
+    (tmp_path / "plain").mkdir()
+    plain = load_grid_config(write(tmp_path / "plain", "seeds: [0]\n"))
+    assert plain.experiment(plain.models[0], 0, "badnet", "refusal").settings.baseline_train is None
+    with pytest.raises(ConfigError, match=r"baseline_train.epoch: unknown setting \(did you mean"):
+        load_grid_config(path, ["baseline_train.epoch=1"])
+    with pytest.raises(ConfigError, match="baseline_train.learning_rate: must be > 0"):
+        load_grid_config(path, ["baseline_train.learning_rate=0"])
+
+
 def test_bad_overrides_name_the_command_line(tmp_path):
     path = write(tmp_path, "seeds: [0]\n")
     with pytest.raises(ConfigError, match="command line override: seeds.0: expected int"):
