@@ -14,6 +14,6 @@ out="${2:-benchmark-results/gpu}"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
 mbdefense run "$here/../configs/smollm2-backdoorllm.yaml" --out "$out" \
   "data.backdoorllm=$data" "attacks=[badnet, ctba]" data.n_train=750 data.n_trusted=80 \
-  data.n_test=200 finetune.learning_rate=5.0e-5 finetune.batch_size=16 \
+  data.n_test=150 finetune.learning_rate=5.0e-5 finetune.batch_size=16 \
   stage1.min_per_trigger=8 generation.max_new_tokens=48 stage2.triggers_per_step=all \
   2>&1 | tee "$out.log"

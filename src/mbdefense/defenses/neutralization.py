@@ -22,9 +22,9 @@ from mbdefense.training.sft import apply_lora, merge_lora
 
 @dataclass
 class NeutralizationConfig:
-    """Stage-2 settings. The defaults are the setting measured on SmolLM2-135M-Instruct with the
-    BackdoorLLM data (docs/results.md): per-token mean R with a margin of 5 nats, one defensive
-    trigger sampled per example and step, 4 epochs at lr 5e-5."""
+    """Stage-2 settings. The defaults are the real-model preset's (docs/results.md): per-token
+    mean R with a margin of 5 nats, one defensive trigger sampled per example and step, 4
+    epochs at lr 1e-4 (chosen on BackdoorLLM's validation quarter with SmolLM2-135M)."""
 
     lam: float = 1.0                 # weight of the R term
     reduction: str = "mean"          # "mean" (per-token) or "sum" (the paper) log-likelihoods in R
@@ -42,7 +42,7 @@ class NeutralizationConfig:
     train: TrainConfig | None = None
 
     def train_config(self) -> TrainConfig:
-        return self.train or TrainConfig(epochs=4, learning_rate=5e-5, batch_size=8,
+        return self.train or TrainConfig(epochs=4, learning_rate=1e-4, batch_size=8,
                                          description="stage 2")
 
 

@@ -4,8 +4,9 @@
 - ``embedded-smoke``: a one-minute version on a smaller model (installation checks, tests);
 - ``pretrained``: every real model (a registry name, a folder, a ``.gguf``, a hub id), with
   the paper's settings where it gives them (3 epochs of instruction tuning, 1% defensive
-  examples per trigger, 128 trusted examples split 8:2, max length 1024) and stage 2 as
-  measured on SmolLM2-135M (docs/results.md).
+  examples per trigger, 128 trusted examples split 8:2, max length 1024) and stage 2's
+  learning rate (1e-4) chosen on BackdoorLLM's validation quarter with SmolLM2-135M
+  (configs/tune-stage2-smollm2.yaml, docs/results.md).
 
 ``defend``'s command-line defaults are the ``pretrained`` preset's (a test checks it).
 """
@@ -58,7 +59,7 @@ def pretrained() -> Settings:
                              description="instruction-tune"),
         stage1=DefensivePoisoningConfig(),
         stage2=NeutralizationConfig(train=TrainConfig(
-            epochs=4.0, learning_rate=5e-5, batch_size=8, max_length=1024,
+            epochs=4.0, learning_rate=1e-4, batch_size=8, max_length=1024,
             description="stage 2")),
         generation=GenerationSpec(max_new_tokens=128, batch_size=16),
         evaluation=EvaluationSpec(scorer="rouge-l"),
