@@ -15,8 +15,7 @@ from mbdefense.runs.presets import preset_for
 from mbdefense.runs.spec import CLEAN_REFERENCE, ModelSpec, RunSpec, Settings
 
 SETTING_KEYS = ("data", "base", "finetune", "stage1", "stage2", "baseline_train", "generation",
-                "evaluation",
-                "implant_prompts", "defense_options")
+                "evaluation", "implant_prompts", "defense_options")
 LIST_KEYS = ("attacks", "behaviors", "defenses", "seeds")
 TOP_KEYS = ("name", "description", "model", "models", "poison_rate") + LIST_KEYS + SETTING_KEYS
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
