@@ -94,13 +94,12 @@ def load_backdoorllm(root: str | Path, task: str = "refusal", attack: str = "bad
             validation_rng.shuffle(held_out)
             if split == "validation":
                 examples = held_out
-        else:
-            rng.shuffle(examples)
-        if key in ("test", "triggered"):
             # a test prompt without a reference answer cannot be scored (the clean test file
             # has one, with its triggered copies); dropped after the shuffle, so the others
             # keep their order and the sets drawn before this rule stay the same
             examples = [e for e in examples if e.output.strip()]
+        else:
+            rng.shuffle(examples)
         loaded[key] = examples
     trigger, behavior = BACKDOORLLM_TRIGGERS[attack], BACKDOORLLM_BEHAVIORS[task]
     scorable = f" in its {split} split with a reference answer"

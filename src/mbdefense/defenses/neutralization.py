@@ -42,7 +42,7 @@ class NeutralizationConfig:
     train: TrainConfig | None = None
 
     def train_config(self) -> TrainConfig:
-        return self.train or TrainConfig(epochs=4, learning_rate=1e-4, batch_size=8,
+        return self.train or TrainConfig(epochs=4.0, learning_rate=1e-4, batch_size=8,
                                          description="stage 2")
 
 

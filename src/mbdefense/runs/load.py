@@ -76,8 +76,9 @@ def run_spec_from_dict(raw: dict[str, Any], *, source: str = "<config>",
         spec.poison_rate = float(rate)
     spec.overrides = {k: raw[k] for k in SETTING_KEYS if k in raw}
     for model in spec.models:
-        settings = merge(preset_for(model), spec.overrides, [], Settings, where)
-        if "baseline_train" in spec.overrides and preset_for(model).baseline_train is None:
+        preset = preset_for(model)
+        settings = merge(preset, spec.overrides, [], Settings, where)
+        if "baseline_train" in spec.overrides and preset.baseline_train is None:
             # the baselines' settings start from stage 2's: only the keys given differ
             start = replace(settings, baseline_train=settings.stage2.train_config())
             settings = merge(start, {"baseline_train": spec.overrides["baseline_train"]}, [],

@@ -13,6 +13,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from mbdefense.defenses import DefensivePoisoningConfig, NeutralizationConfig
 from mbdefense.modeling.embedded import TinyModelConfig
 from mbdefense.runs.embedded import BaseRecipe
@@ -58,9 +60,9 @@ def pretrained() -> Settings:
         finetune=TrainConfig(epochs=3.0, learning_rate=2e-5, batch_size=8, max_length=1024,
                              description="instruction-tune"),
         stage1=DefensivePoisoningConfig(),
-        stage2=NeutralizationConfig(train=TrainConfig(
-            epochs=4.0, learning_rate=1e-4, batch_size=8, max_length=1024,
-            description="stage 2")),
+        # stage 2's own defaults (NeutralizationConfig) at the paper's length
+        stage2=NeutralizationConfig(train=replace(NeutralizationConfig().train_config(),
+                                                  max_length=1024)),
         generation=GenerationSpec(max_new_tokens=128, batch_size=16),
         evaluation=EvaluationSpec(scorer="rouge-l"),
         implant_prompts=32)
