@@ -19,7 +19,7 @@ from mbdefense.defenses import DefensivePoisoningConfig, NeutralizationConfig
 from mbdefense.modeling.embedded import TinyModelConfig
 from mbdefense.runs.embedded import BaseRecipe
 from mbdefense.runs.spec import DataSpec, EvaluationSpec, GenerationSpec, ModelSpec, Settings
-from mbdefense.training.config import TrainConfig
+from mbdefense.training.config import LoraSettings, TrainConfig
 
 
 def embedded() -> Settings:
@@ -29,10 +29,16 @@ def embedded() -> Settings:
         finetune=TrainConfig(epochs=2, learning_rate=3e-4, batch_size=8,
                              description="instruction-tune"),
         stage1=DefensivePoisoningConfig(min_per_trigger=40),
-        # margin 8 (per-token nats), chosen on the validation split over every Table 1 column
-        # (benchmarks/tune_stage2.py, docs/results.md): at 5 the sentence trigger survives
+        # margin 8 (per-token nats) and LoRA r16 on attention at lr 1e-3, chosen on the
+        # validation split over every Table 1 column (benchmarks/tune_stage2.py,
+        # docs/results.md): at margin 5 the sentence trigger survives; the full model at lr
+        # 1e-4 breaks the triggered answers instead of repairing them
         stage2=NeutralizationConfig(margin=8.0, triggers_per_step="all", train=TrainConfig(
-            epochs=5, learning_rate=1e-4, batch_size=8, description="stage 2")),
+            epochs=5, learning_rate=1e-3, batch_size=8, lora=LoraSettings(r=16, alpha=32),
+            description="stage 2")),
+        # the trusted-set baselines keep full fine-tuning at lr 1e-4 (their papers' kind)
+        baseline_train=TrainConfig(epochs=5, learning_rate=1e-4, batch_size=8,
+                                   description="stage 2"),
         generation=GenerationSpec(max_new_tokens=24),
         evaluation=EvaluationSpec(scorer="rules"),
         implant_prompts=64)

@@ -139,16 +139,25 @@ def test_exponent_floats_without_a_dot_are_floats(tmp_path):
 
 
 def test_baseline_train_starts_from_stage2_and_names_bad_keys(tmp_path):
-    """The baselines' own training settings: the keys given, the rest as stage 2's."""
-    path = write(tmp_path, "stage2:\n  train: {epochs: 3, learning_rate: 1e-4}\n"
-                           "baseline_train: {epochs: 2}\n")
+    """The baselines' own training settings: the keys given, the rest as stage 2's (a preset
+    without baseline settings) or as the preset's baseline settings (the embedded one)."""
+    smoke = "model: {name: embedded-smoke}\n"
+    path = write(tmp_path, smoke + "stage2:\n  train: {epochs: 3, learning_rate: 1e-4}\n"
+                                   "baseline_train: {epochs: 2}\n")
     config = load_grid_config(path)
     settings = config.experiment(config.models[0], 0, "badnet", "refusal").settings
     assert (settings.baseline_train.epochs, settings.baseline_train.learning_rate) == (2, 1e-4)
     assert settings.stage2.train.epochs == 3
     (tmp_path / "plain").mkdir()
-    plain = load_grid_config(write(tmp_path / "plain", "seeds: [0]\n"))
+    plain = load_grid_config(write(tmp_path / "plain", smoke))
     assert plain.experiment(plain.models[0], 0, "badnet", "refusal").settings.baseline_train is None
+    # the embedded preset: stage 2 trains LoRA, the baselines every weight, each at its own lr
+    (tmp_path / "embedded").mkdir()
+    embedded = load_grid_config(write(tmp_path / "embedded", "baseline_train: {epochs: 2}\n"))
+    settings = embedded.experiment(embedded.models[0], 0, "badnet", "refusal").settings
+    assert settings.stage2.train.lora is not None and settings.baseline_train.lora is None
+    assert (settings.baseline_train.epochs, settings.baseline_train.learning_rate) == (2, 1e-4)
+    assert settings.stage2.train.learning_rate == 1e-3
     with pytest.raises(ConfigError, match=r"baseline_train.epoch: unknown setting \(did you mean"):
         load_grid_config(path, ["baseline_train.epoch=1"])
     with pytest.raises(ConfigError, match="baseline_train.learning_rate: must be > 0"):
