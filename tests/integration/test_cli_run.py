@@ -100,6 +100,22 @@ def test_killed_run_resumes_without_redoing_finished_stages(env, reference):
     assert metrics(out) == metrics(reference[0])
 
 
+def test_a_new_stage2_setting_reuses_the_stage1_model_and_its_scores(env, reference, tmp_path):
+    """Trying a stage-2 setting costs its stage 2 and one evaluation: the stage-1 model and
+    its scores come from the cache."""
+    root, environ = env
+    proc = run_cli(["run", str(root / "tiny.yaml"), "--cache-dir", str(reference[0] / "cache"),
+                    "--out", str(tmp_path / "m3"), "stage2.margin=3"], environ)
+    log, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, log
+    assert log.count("finished before, loaded") == 4   # 3 cells and the stage-1 scores
+    assert "the stage-1 model's scores: finished before" in log
+    assert "fine-tuning" not in log and "running mb-defense after training" in log
+    before = [line for line in reference[1].splitlines() if "after stage 1: ASR" in line]
+    assert before and before == [line for line in log.splitlines()
+                                 if "after stage 1: ASR" in line]
+
+
 def test_run_refuses_a_bad_config_before_any_work(tmp_path, capsys):
     path = tmp_path / "bad.yaml"
     path.write_text("attacks: [badnet]\ndefenses: [none, magic]\n")

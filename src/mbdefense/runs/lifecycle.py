@@ -38,6 +38,7 @@ class Defended:
     train_set: list[Example]
     seconds: float
     timings: dict[str, float]       # seconds by stage: finetune, after_finetune, after_training
+    stage1_key: str | None = None   # the stage-1 model's cache key
 
 
 def row_line(row: dict[str, Any]) -> str:
@@ -116,7 +117,7 @@ class Lifecycle:
         train_set, label = self.training_set(defense)
         model, key = self.train(train_set, label)
         timings = {"finetune": time.time() - t0}
-        stage1_model = stage1_info = None
+        stage1_model = stage1_info = stage_key = None
         if defense.completes_training:
             context = FinetuneContext(
                 tokenizer=self.work.tokenizer, train_set=train_set, trusted=self.work.trusted,
@@ -139,7 +140,7 @@ class Lifecycle:
                                            self.work.trusted, clean_model=self.work.base_model)
             timings["after_training"] = time.time() - t0 - sum(timings.values())
         return Defended(defense, model, stage1_model, stage1_info, train_set, time.time() - t0,
-                        timings)
+                        timings, stage_key)
 
     @property
     def implant_tokens(self) -> int:
@@ -183,10 +184,24 @@ class Lifecycle:
             reference_nll_max_length=self.settings.finetune.max_length if ev.reference_nll
             else None, n_samples=ev.n_samples)
 
+    def stage1_evaluation(self, done: Defended) -> tuple[Metrics, list[dict]]:
+        """The stage-1 model scored, cached by its key: every stage-2 setting tried on one
+        stage-1 model reuses the score."""
+        def compute() -> dict[str, Any]:
+            metrics, samples = self.evaluate(done.stage1_model, None)
+            return {"metrics": metrics.to_dict(), "samples": samples}
+
+        key = digest("stage1-evaluation", done.stage1_key, self.evaluation_key())
+        scored, cached = self.cache.cell(key, compute)
+        if cached:
+            self.log("the stage-1 model's scores: finished before, loaded from the cache")
+        return Metrics(**scored["metrics"]), scored["samples"]
+
     def row(self, name: str, model: Any, defense: Defense | None, seconds: float,
-            out: dict[str, Any]) -> None:
-        """Evaluate ``model`` and add its row and samples to ``out``."""
-        metrics, samples = self.evaluate(model, defense)
+            out: dict[str, Any], scored: tuple[Metrics, list[dict]] | None = None) -> None:
+        """Evaluate ``model`` (unless ``scored`` already) and add its row and samples to
+        ``out``."""
+        metrics, samples = scored if scored is not None else self.evaluate(model, defense)
         work = self.work
         row = {"model": work.model_name, "attack": work.attack, "behavior": work.behavior.spec,
                "defense": name, **metrics.to_dict(), "seed": self.seed,
@@ -226,12 +241,11 @@ class Lifecycle:
             done = self.defend(defense)
             if done.stage1_info is not None:
                 info = out["diagnostics"][f"{name}/stage1"] = dict(done.stage1_info)
+                scored = self.stage1_evaluation(done)
                 if ev.stage1_rows:
-                    self.row(f"{name}:stage1", done.stage1_model, None, done.seconds, out)
-                    metrics = {k: out["rows"][-1][k] for k in Metrics.__dataclass_fields__}
-                else:
-                    metrics = self.evaluate(done.stage1_model, None)[0].to_dict()
-                info["metrics"] = metrics
+                    self.row(f"{name}:stage1", done.stage1_model, None, done.seconds, out,
+                             scored)
+                metrics = info["metrics"] = scored[0].to_dict()
                 self.log(f"  after stage 1: ASR {metrics['asr']:.3f} (stage-1 model, before "
                          f"stage 2)")
             self.row(name, done.model, defense, done.seconds, out)
