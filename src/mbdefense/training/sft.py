@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any, Sequence
 
 from mbdefense.data.example import Example
@@ -22,7 +23,10 @@ def apply_lora(model: Any, config: TrainConfig) -> Any:
     from peft import LoraConfig, get_peft_model
 
     lora = config.lora
-    with seeded(config.seed, "lora-init", device_of(model)):
+    with seeded(config.seed, "lora-init", device_of(model)), warnings.catch_warnings():
+        # peft reads transformers' renamed ``is_gradient_checkpointing``: not the user's concern
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*",
+                                category=FutureWarning)
         return get_peft_model(model, LoraConfig(r=lora.r, lora_alpha=lora.alpha,
                                                 lora_dropout=lora.dropout,
                                                 target_modules=list(lora.target_modules),
