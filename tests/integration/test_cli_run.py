@@ -67,6 +67,7 @@ def test_grid_run_writes_results_and_reports(reference):
     assert rows[1]["asr"] >= 0.9 and rows[3]["asr"] < rows[1]["asr"]
     assert log.count("fine-tuning the base") == 3   # clean, attacked (shared), MB stage 1
     assert "[4/4 cells]" in log
+    assert "step/s" in log            # progress reaches a log file too (a line per 30 s)
     for name in ("report.md", "report.html", "results.csv"):
         assert (out / name).is_file()
 

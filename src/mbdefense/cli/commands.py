@@ -17,7 +17,8 @@ def _log(args: argparse.Namespace) -> Callable[[str], None]:
 
 
 def _progress(args: argparse.Namespace) -> bool:
-    return not getattr(args, "quiet", False) and sys.stderr.isatty()
+    """Progress bars unless --quiet; into a log file they write a line every 30 s."""
+    return not getattr(args, "quiet", False)
 
 
 def _finish(doc: Any, out: Path, title: str | None = None) -> None:

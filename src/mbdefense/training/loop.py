@@ -94,8 +94,10 @@ def run_steps(model: Any, batches_per_epoch: Callable[[int], Iterable[Any]],
                     optimizer.step()
                     scheduler.step()
                     optimizer.zero_grad(set_to_none=True)
+                    # the loss is drawn with the next refresh (at most every 30 s into a log)
+                    bar.set_postfix(loss=f"{sum(losses[-accum:]) / min(accum, len(losses)):.3f}",
+                                    refresh=False)
                     bar.update(1)
-                    bar.set_postfix(loss=f"{sum(losses[-accum:]) / min(accum, len(losses)):.3f}")
             if on_epoch_end is not None:
                 on_epoch_end(epoch)
 

@@ -32,3 +32,15 @@ def test_packed_batches_train_as_padded_ones(tiny_model, tokenizer, monkeypatch)
     _, padded = finetune(copy.deepcopy(tiny_model), tokenizer, data, cfg)
     assert len(packed) == len(padded) == 3
     assert packed == pytest.approx(padded, rel=1e-5)
+
+
+def test_progress_into_a_log_writes_a_few_lines_not_one_per_step(tiny_model, tokenizer, capsys):
+    """Into a file (not a terminal) the bar draws at its start and end and every 30 s: a
+    short run leaves a couple of lines, with the last loss, however many steps it takes."""
+    data = generate(64, 0)
+    cfg = TrainConfig(epochs=2, learning_rate=1e-3, batch_size=4, description="log check")
+    finetune(copy.deepcopy(tiny_model), tokenizer, data, cfg)
+    draws = [d for d in capsys.readouterr().err.replace("\r", "\n").splitlines()
+             if "log check" in d]
+    assert 1 <= len(draws) <= 4, draws            # 32 steps
+    assert any("32/32" in d and "loss=" in d for d in draws), draws
