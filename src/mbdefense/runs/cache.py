@@ -3,8 +3,9 @@
 Entries are fine-tuned models (``finetune-KEY/``), stage-1 models after the implant check
 (``stage1-KEY/``), evaluated cells and the stage-1 models' scores (``cells/KEY.json``). Each
 entry is built under a lock of its own (``locks/NAME.lock``), so two runs sharing a cache
-train a stage once and the second loads it. Entries appear in one rename; temporaries left by a killed run are removed
-when the cache is opened, and an entry that cannot be read is rebuilt.
+train a stage once and the second loads it. Entries appear in one rename; temporaries left by
+a killed run are removed when the cache is opened, and an entry that cannot be read is
+rebuilt.
 """
 
 from __future__ import annotations

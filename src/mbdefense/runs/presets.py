@@ -36,7 +36,8 @@ def embedded() -> Settings:
         stage2=NeutralizationConfig(margin=8.0, triggers_per_step="all", train=TrainConfig(
             epochs=5, learning_rate=1e-3, batch_size=8, lora=LoraSettings(r=16, alpha=32),
             description="stage 2")),
-        # the trusted-set baselines keep full fine-tuning at lr 1e-4 (their papers' kind)
+        # the trusted-set baselines (Clean-FFT, aug-fft, Fine-mixing, CROW) train all weights
+        # at lr 1e-4, as they did before stage 2 moved to LoRA
         baseline_train=TrainConfig(epochs=5, learning_rate=1e-4, batch_size=8,
                                    description="stage 2"),
         generation=GenerationSpec(max_new_tokens=24),
