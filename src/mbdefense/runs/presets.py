@@ -23,6 +23,9 @@ from mbdefense.training.config import LoraSettings, TrainConfig
 
 
 def embedded() -> Settings:
+    # the trusted-set baselines (Clean-FFT, aug-fft, Fine-mixing, CROW) train all weights at
+    # lr 1e-4, as stage 2 did before it moved to LoRA
+    full_weights = TrainConfig(epochs=5, learning_rate=1e-4, batch_size=8, description="stage 2")
     return Settings(
         data=DataSpec(n_train=2000, n_trusted=128, n_test=338),
         base=BaseRecipe(),
@@ -33,13 +36,9 @@ def embedded() -> Settings:
         # validation split over every Table 1 column (benchmarks/tune_stage2.py,
         # docs/results.md): at margin 5 the sentence trigger survives; the full model at lr
         # 1e-4 breaks the triggered answers instead of repairing them
-        stage2=NeutralizationConfig(margin=8.0, triggers_per_step="all", train=TrainConfig(
-            epochs=5, learning_rate=1e-3, batch_size=8, lora=LoraSettings(r=16, alpha=32),
-            description="stage 2")),
-        # the trusted-set baselines (Clean-FFT, aug-fft, Fine-mixing, CROW) train all weights
-        # at lr 1e-4, as they did before stage 2 moved to LoRA
-        baseline_train=TrainConfig(epochs=5, learning_rate=1e-4, batch_size=8,
-                                   description="stage 2"),
+        stage2=NeutralizationConfig(margin=8.0, triggers_per_step="all", train=replace(
+            full_weights, learning_rate=1e-3, lora=LoraSettings(r=16, alpha=32))),
+        baseline_train=full_weights,
         generation=GenerationSpec(max_new_tokens=24),
         evaluation=EvaluationSpec(scorer="rules"),
         implant_prompts=64)
