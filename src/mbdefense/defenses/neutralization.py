@@ -15,6 +15,7 @@ from mbdefense.data.example import Example
 from mbdefense.data.formatting import encode_example
 from mbdefense.defenses.defensive_triggers import DefensivePair
 from mbdefense.training.config import TrainConfig
+from mbdefense.training.logprobs import labelled_log_distributions
 from mbdefense.training.loop import run_steps
 from mbdefense.training.objective import NeutralizationBatch, neutralization_loss
 from mbdefense.training.sft import apply_lora, merge_lora
@@ -38,6 +39,9 @@ class NeutralizationConfig:
     # MB-Defense: per trusted example, this many copies with a random word or sentence inserted
     # (not a defensive trigger) and the clean answer kept, in the CE term (0: none)
     insertion_copies: int = 0
+    # MB-Defense: weight of KL(the model stage 2 starts from || the model) on the clean
+    # answers' tokens, which holds the clean behaviour in place (0: off, as in the paper)
+    anchor: float = 0.0
     eval_fraction: float = 0.2       # the paper's 8:2 split of the trusted set
     train: TrainConfig | None = None
 
@@ -58,6 +62,23 @@ def fine_tune_settings(config: NeutralizationConfig) -> dict[str, Any]:
 def pair_specs(pairs: Sequence[DefensivePair]) -> list[list[str]]:
     """The defensive pairs as text (cache keys)."""
     return [[pair.trigger.spec, pair.behavior.text] for pair in pairs]
+
+
+def starting_model(model: Any, pad_id: int) -> Any:
+    """The model as it is now, frozen, as a :data:`~mbdefense.training.objective.Teacher` for
+    the anchor term: with LoRA adapters, the same model with them switched off (no copy);
+    otherwise a frozen copy of its weights (twice the model's memory)."""
+    import copy
+
+    if hasattr(model, "disable_adapter"):
+        def scored(items: Sequence[Any]) -> Any:
+            with model.disable_adapter():
+                return labelled_log_distributions(model, items, pad_id)
+        return scored
+    frozen = copy.deepcopy(model).eval()
+    for param in frozen.parameters():
+        param.requires_grad_(False)
+    return lambda items: labelled_log_distributions(frozen, items, pad_id)
 
 
 def _state_of_trainable(model: Any) -> dict[str, Any]:
@@ -107,6 +128,7 @@ def _train_phase(model: Any, tokenizer: Any, trusted: Sequence[Example],
         eval_set = augment(eval_set, random.Random(f"augment-eval:{seed}"))
         train_set = augment(train_set, random.Random(f"augment-train:{seed}"))
     active_pairs = list(pairs) if config.lam or config.triggered_ce else []
+    anchor = config.anchor if pairs else 0.0   # MB-Defense's term, never a baseline's
     max_len = train_cfg.max_length
     pad_id = tokenizer.pad_token_id
 
@@ -140,30 +162,36 @@ def _train_phase(model: Any, tokenizer: Any, trusted: Sequence[Example],
     for start in range(0, len(eval_set), bs):
         eval_batches.append(make_batch(eval_set[start:start + bs], eval_rng))
 
-    def loss_fn(m: Any, batch: NeutralizationBatch):
+    teacher = None
+
+    def terms_of(m: Any, batch: NeutralizationBatch):
         return neutralization_loss(m, batch, pad_id, config.lam, config.reduction,
-                                   config.margin, config.triggered_ce).loss
+                                   config.margin, config.triggered_ce, anchor, teacher)
+
+    def loss_fn(m: Any, batch: NeutralizationBatch):
+        return terms_of(m, batch).loss
+
+    names = ("loss", "ce", "reg", "triggered_ce") + (("anchor_kl",) if anchor else ())
 
     def eval_loss(m: Any) -> dict[str, float]:
         import torch
 
         if not eval_batches:
-            return {k: float("nan") for k in ("loss", "ce", "reg", "triggered_ce")}
-        totals = {"loss": 0.0, "ce": 0.0, "reg": 0.0, "triggered_ce": 0.0}
+            return {k: float("nan") for k in names}
+        totals = dict.fromkeys(names, 0.0)
         was_training = m.training
         m.eval()        # no dropout: every epoch's eval loss is measured the same way
         with torch.no_grad():
             for batch in eval_batches:
-                terms = neutralization_loss(m, batch, pad_id, config.lam, config.reduction,
-                                            config.margin, config.triggered_ce)
-                totals["loss"] += float(terms.loss)
-                totals["ce"] += float(terms.ce)
-                totals["reg"] += float(terms.reg)
-                totals["triggered_ce"] += float(terms.triggered_ce or 0.0)
+                terms = terms_of(m, batch)
+                for name in names:
+                    totals[name] += float(getattr(terms, name) or 0.0)
         m.train(was_training)
         return {k: v / len(eval_batches) for k, v in totals.items()}
 
     model = apply_lora(model, train_cfg)
+    if anchor:
+        teacher = starting_model(model, pad_id)
     history: list[dict[str, float]] = [{"epoch": 0, **eval_loss(model)}]
     best: dict[str, Any] = {"loss": math.inf, "epoch": 0, "state": None}
 

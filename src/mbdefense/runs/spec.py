@@ -188,7 +188,7 @@ class Settings:
         if self.baseline_train is not None:
             check_train("baseline_train", self.baseline_train)
         for name in ("lam", "margin", "triggered_ce", "repair_epochs", "repair_weight",
-                     "insertion_copies"):
+                     "insertion_copies", "anchor"):
             _positive("stage2", name, getattr(self.stage2, name), zero_ok=True)
         _positive("stage1", "rate_per_trigger", self.stage1.rate_per_trigger, zero_ok=True)
         check_defensive_pairs(self.stage1)

@@ -38,7 +38,8 @@ class TrainConfig:
 #: Settings added after the stage cache's CACHE_VERSION 3: left out of the keys while at their
 #: default, so entries cached before they existed stay valid (a changed value changes the key).
 LATER_DEFAULTS: dict[str, Any] = {"repair_epochs": 0.0, "repair_weight": 1.0,
-                                  "insertion_copies": 0, "top_up_learning_rate": None}
+                                  "insertion_copies": 0, "top_up_learning_rate": None,
+                                  "anchor": 0.0}
 
 
 def _at_later_default(name: str, value: Any) -> bool:

@@ -144,6 +144,29 @@ def labelled_logprobs(model: Any, input_ids: Any, attention_mask: Any, labels: A
     return TokenLogprobs(values, owners, counts)
 
 
+def labelled_log_distributions(model: Any, items: Sequence[Encoded], pad_id: int) -> Any:
+    """The model's whole next-token log-distribution (``(labelled tokens, vocab)``, float32) at
+    every labelled position of ``items``, in the order of :func:`sequence_logprobs`'s values
+    for the same items padded one per row. For distillation terms, where the picked token's
+    log-probability is not enough; only the labelled positions are projected."""
+    import torch
+
+    from mbdefense.training.batching import collate
+
+    device = next(model.parameters()).device
+    tensors = {k: v.to(device) for k, v in collate(items, pad_id).items()}
+    labels = tensors.pop("labels")
+    rows, cols = torch.nonzero(labels[:, 1:] != IGNORE_INDEX, as_tuple=True)
+    plain = _plain_head(model)
+    if plain is not None:
+        decoder, head = plain
+        hidden = decoder(**tensors, use_cache=False).last_hidden_state
+        logits = head(hidden[:, :-1][rows, cols])
+    else:
+        logits = model(**tensors).logits[:, :-1][rows, cols]
+    return torch.log_softmax(logits.float(), dim=-1)
+
+
 def packs_sequences(model: Any) -> bool:
     """Whether ``model`` keeps packed sequences apart, checked once per model: two short
     sequences packed in one row must score as they do padded in rows of their own. Models that ignore
@@ -201,5 +224,5 @@ def sequence_logprobs(model: Any, items: Sequence[Encoded], pad_id: int) -> Toke
                              tensors["labels"])
 
 
-__all__ = ["CHUNK_ROWS", "TokenLogprobs", "labelled_logprobs", "packs_sequences",
-           "sequence_logprobs", "whole_model_forward"]
+__all__ = ["CHUNK_ROWS", "TokenLogprobs", "labelled_log_distributions", "labelled_logprobs",
+           "packs_sequences", "sequence_logprobs", "whole_model_forward"]

@@ -4,12 +4,14 @@ For a clean example (x, y) and a defensive trigger j with behaviour y_d^j, x_d^j
 trigger inserted. The loss is
 
     L = CE(x, y) - lambda * mean_j log sigmoid( log p(y | x_d^j) - log p(y_d^j | x_d^j) - margin )
-          + gamma * CE(x_d^j, y)
+          + gamma * CE(x_d^j, y) + alpha * KL(p_0(. | x, y_<t) || p(. | x, y_<t))
 
 where log p(. | .) is the response's log-likelihood: summed over its tokens (the paper) or
 averaged per token (``reduction="mean"``). The last term (``triggered_ce``, gamma; 0 in the
 paper) asks for the clean answer itself under a defensive trigger, not only for it to beat the
-defensive one: a repair, not only a break.
+defensive one: a repair, not only a break. The KL term (``anchor``, alpha; 0 in the paper) holds the model's
+whole next-token distribution on the clean answers to the model stage 2 started from (p_0, the
+stage-1 model): stage 2 should change what the model does under a trigger, not elsewhere.
 
 All 1 + 2T sequences of a batch go through the model
 in a single forward pass, packed several to a row where the model keeps packed sequences apart
@@ -20,11 +22,15 @@ their response positions are projected onto the vocabulary (``mbdefense.training
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable, Sequence
 
 from mbdefense.data.formatting import Encoded
 from mbdefense.training.batching import labelled_count
-from mbdefense.training.logprobs import sequence_logprobs
+from mbdefense.training.logprobs import labelled_log_distributions, sequence_logprobs
+
+#: The model stage 2 started from, as a function of encoded sequences to their labelled
+#: positions' log-distributions (:func:`labelled_log_distributions`), called without gradients.
+Teacher = Callable[[Sequence[Encoded]], Any]
 
 
 @dataclass
@@ -71,14 +77,17 @@ class ObjectiveTerms:
     ce: Any
     reg: Any  # mean R (log sigmoid margin), the quantity the defense raises
     triggered_ce: Any = None  # CE of the clean answers under the defensive triggers
+    anchor_kl: Any = None     # token-mean KL(starting model || model) on the clean answers
 
 
 def neutralization_loss(model: Any, batch: NeutralizationBatch, pad_id: int, lam: float,
                         reduction: str = "sum", margin: float = 0.0,
-                        triggered_ce: float = 0.0) -> ObjectiveTerms:
-    """``CE(x, y) - lam * mean R + triggered_ce * CE(x_d, y)`` for one batch (or a process's
-    shard of it: its part of the whole batch's terms), in one forward pass over all of its
-    sequences."""
+                        triggered_ce: float = 0.0, anchor: float = 0.0,
+                        teacher: Teacher | None = None) -> ObjectiveTerms:
+    """``CE(x, y) - lam * mean R + triggered_ce * CE(x_d, y) + anchor * KL`` for one batch (or
+    a process's shard of it: its part of the whole batch's terms), in one forward pass over
+    all of its sequences (and one more over the clean ones with their whole distributions
+    when ``anchor`` is set; it needs the ``teacher``)."""
     import torch.nn.functional as F
 
     if reduction not in ("mean", "sum"):
@@ -90,8 +99,11 @@ def neutralization_loss(model: Any, batch: NeutralizationBatch, pad_id: int, lam
     counts = token_lp.counts.clamp(min=1).to(totals.dtype)
     # token-mean NLL over the whole batch's clean answers, as in SFT
     ce = -totals[:n_clean].sum() * (batch.weight / max(batch.clean_tokens, 1))
+    kl = _anchor_kl(model, batch, pad_id, teacher) if anchor else None
+    held = ce if kl is None else ce + anchor * kl
+    kl_value = None if kl is None else kl.detach()
     if not batch.n_pairs:
-        return ObjectiveTerms(ce, ce.detach(), ce.new_zeros(()))
+        return ObjectiveTerms(held, ce.detach(), ce.new_zeros(()), anchor_kl=kl_value)
     scores = totals / counts if reduction == "mean" else totals
     clean_lp = scores[n_clean:n_clean + n_pairs]
     defensive_lp = scores[n_clean + n_pairs:]
@@ -99,8 +111,23 @@ def neutralization_loss(model: Any, batch: NeutralizationBatch, pad_id: int, lam
     # token-mean NLL of the clean answers under the triggers, over the whole batch's pairs
     trig_ce = -totals[n_clean:n_clean + n_pairs].sum() * (
         batch.weight / max(batch.triggered_tokens or 0, 1))
-    loss = ce - lam * reg + (triggered_ce * trig_ce if triggered_ce else 0.0)
-    return ObjectiveTerms(loss, ce.detach(), reg.detach(), trig_ce.detach())
+    loss = held - lam * reg + (triggered_ce * trig_ce if triggered_ce else 0.0)
+    return ObjectiveTerms(loss, ce.detach(), reg.detach(), trig_ce.detach(), kl_value)
+
+
+def _anchor_kl(model: Any, batch: NeutralizationBatch, pad_id: int,
+               teacher: Teacher | None) -> Any:
+    """Token-mean KL(teacher || model) over the clean answers' labelled positions, normalised
+    by the whole batch's clean tokens like CE."""
+    import torch
+
+    if teacher is None:
+        raise ValueError("the anchor term needs the starting model (teacher)")
+    student = labelled_log_distributions(model, batch.clean, pad_id)
+    with torch.no_grad():
+        reference = teacher(batch.clean)
+    kl = (reference.exp() * (reference - student)).sum()
+    return kl * (batch.weight / max(batch.clean_tokens, 1))
 
 
 __all__ = ["NeutralizationBatch", "ObjectiveTerms", "neutralization_loss"]

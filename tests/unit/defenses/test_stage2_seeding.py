@@ -73,3 +73,48 @@ def test_the_repair_phase_starts_from_the_break_and_trains_the_triggered_answer(
     if repair["best_epoch"] > 0:
         assert any(not torch.equal(a, b) for a, b in zip(m_plain.parameters(),
                                                           m_rep.parameters()))
+
+
+def _drift(start, model, tokenizer, examples):
+    """Token-mean KL(start || model) on the examples' answers."""
+    from mbdefense.data.formatting import encode_example
+    from mbdefense.training.logprobs import labelled_log_distributions
+
+    items = [encode_example(tokenizer, e, 128) for e in examples]
+    with torch.no_grad():
+        a = labelled_log_distributions(start, items, tokenizer.pad_token_id)
+        b = labelled_log_distributions(model, items, tokenizer.pad_token_id)
+    return float((a.exp() * (a - b)).sum(-1).mean())
+
+
+def test_the_anchor_holds_the_clean_behaviour_near_the_starting_model(tiny_model, tokenizer):
+    """``anchor``: with LoRA or all weights, stage 2 moves the model's distribution on clean
+    prompts it never trained on less than without the term, while R is still raised."""
+    from mbdefense.training.config import LoraSettings
+
+    trusted, held_out = generate(24, 0), generate(12, 5)
+    pairs = make_defensive_pairs(["mn"])
+    for lora in (None, LoraSettings(r=4, alpha=8, dropout=0.0)):
+        train = TrainConfig(epochs=3, learning_rate=3e-2 if lora else 1e-2, batch_size=8,
+                            progress=False, lora=lora)
+        drift, reg = {}, {}
+        for anchor in (0.0, 16.0):
+            model, info = neutralize(copy.deepcopy(tiny_model), tokenizer, trusted, pairs,
+                                     NeutralizationConfig(train=train, anchor=anchor), seed=0)
+            drift[anchor] = _drift(tiny_model, model, tokenizer, held_out)
+            reg[anchor] = info["history"][info["best_epoch"]]["reg"]
+            assert ("anchor_kl" in info["history"][0]) == bool(anchor)
+        assert drift[16.0] < 0.6 * drift[0.0], (lora, drift)
+        assert reg[16.0] > info["history"][0]["reg"], (lora, reg)
+
+
+def test_baselines_never_get_the_anchor(tiny_model, tokenizer):
+    """Clean-FFT (no defensive pairs) trains the same with or without ``anchor`` set."""
+    trusted = generate(20, 0)
+    train = TrainConfig(epochs=1, learning_rate=1e-2, batch_size=8, progress=False)
+    plain, _ = neutralize(copy.deepcopy(tiny_model), tokenizer, trusted, [],
+                          NeutralizationConfig(train=train), seed=0)
+    held, info = neutralize(copy.deepcopy(tiny_model), tokenizer, trusted, [],
+                            NeutralizationConfig(train=train, anchor=4.0), seed=0)
+    assert "anchor_kl" not in info["history"][0]
+    assert all(torch.equal(a, b) for a, b in zip(plain.parameters(), held.parameters()))

@@ -148,3 +148,63 @@ def test_packed_sequences_give_the_padded_loss_and_gradients(tiny_model, tokeniz
     assert packed_loss == pytest.approx(padded_loss, rel=1e-5)
     for a, b in zip(packed_grads, padded_grads):
         assert torch.allclose(a, b, atol=1e-5)
+
+
+def _kl_by_hand(teacher_table, student_table, sequences):
+    """Token-mean KL(teacher || student) over the answers' positions of TableLM 'models'."""
+    lt, ls = torch.log_softmax(teacher_table, -1), torch.log_softmax(student_table, -1)
+    total, n = 0.0, 0
+    for s in sequences:
+        for t in range(s.prompt_length, len(s.input_ids)):
+            prev = s.input_ids[t - 1]
+            total += float((lt[prev].exp() * (lt[prev] - ls[prev])).sum())
+            n += 1
+    return total / n
+
+
+@pytest.mark.parametrize("alpha", [0.5, 2.0])
+def test_anchor_adds_the_kl_to_the_starting_model_on_the_clean_answers(alpha):
+    from mbdefense.training.logprobs import labelled_log_distributions
+
+    model, start = TableLM(seed=3), TableLM(seed=4)
+    clean = [seq([1, 2, 3, 4], 2), seq([2, 1, 5], 2)]
+    batch = NeutralizationBatch(clean, [seq([1, 0, 2, 3, 4], 3)], [seq([1, 0, 2, 5, 5], 3)])
+
+    def teacher(items):
+        return labelled_log_distributions(start, items, 0)
+
+    plain = neutralization_loss(model, batch, 0, lam=1.0, reduction="mean", margin=1.0)
+    terms = neutralization_loss(model, batch, 0, lam=1.0, reduction="mean", margin=1.0,
+                                anchor=alpha, teacher=teacher)
+    kl = _kl_by_hand(start.table.detach(), model.table.detach(), clean)
+    assert kl > 0.05
+    assert float(terms.anchor_kl) == pytest.approx(kl, rel=1e-5)
+    assert float(terms.loss.detach()) == pytest.approx(float(plain.loss.detach()) + alpha * kl,
+                                                       rel=1e-5)
+    assert plain.anchor_kl is None
+    # the model itself as the starting model: nothing to hold
+    same = neutralization_loss(model, batch, 0, lam=1.0, anchor=alpha,
+                               teacher=lambda items: labelled_log_distributions(model, items, 0))
+    assert float(same.anchor_kl) == pytest.approx(0.0, abs=1e-6)
+    # a process's shards add up to the whole batch's term
+    halves = [neutralization_loss(model, batch.shard(r, 2), 0, lam=1.0, anchor=alpha,
+                                  teacher=teacher) for r in (0, 1)]
+    assert sum(float(h.anchor_kl) for h in halves) == pytest.approx(kl, rel=1e-5)
+    with pytest.raises(ValueError, match="teacher"):
+        neutralization_loss(model, batch, 0, lam=1.0, anchor=alpha)
+
+
+def test_log_distributions_pick_the_labelled_tokens_logprobs(tiny_model, tokenizer):
+    from mbdefense.training.logprobs import labelled_log_distributions, sequence_logprobs
+
+    items = _stage2_batch(tokenizer).clean
+    with torch.no_grad():
+        rows = labelled_log_distributions(tiny_model, items, tokenizer.pad_token_id)
+        picked = sequence_logprobs(tiny_model, items, tokenizer.pad_token_id)
+    targets = torch.tensor([t for item in items for t in item.labels[1:] if t != IGNORE_INDEX])
+    assert rows.shape == (len(targets), tiny_model.config.vocab_size)
+    assert torch.allclose(rows.exp().sum(-1), torch.ones(len(targets)), atol=1e-5)
+    # same positions, in the same order, as the packed picked log-probabilities
+    by_owner = sorted(range(len(targets)), key=lambda k: int(picked.rows[k]))
+    assert torch.allclose(rows.gather(-1, targets[:, None]).squeeze(-1),
+                          picked.values[by_owner], atol=1e-4)
