@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -68,6 +69,8 @@ def test_grid_run_writes_results_and_reports(reference):
     assert log.count("fine-tuning the base") == 3   # clean, attacked (shared), MB stage 1
     assert "[4/4 cells]" in log
     assert "step/s" in log            # progress reaches a log file too (a line per 30 s)
+    # stage2.train given without a description: the bar still says what it is
+    assert re.search(r"stage 2: +\d+%", log) and not re.search(r"fine-tune: +\d+%", log)
     for name in ("report.md", "report.html", "results.csv"):
         assert (out / name).is_file()
 

@@ -18,8 +18,8 @@ from mbdefense.data.example import Example
 from mbdefense.defenses.base import Capabilities, Defense, FinetuneContext
 from mbdefense.defenses.defensive_triggers import (DEFAULT_DEFENSIVE_TOKENS, DefensivePair,
                                                    make_defensive_pairs, random_insertion)
-from mbdefense.defenses.neutralization import (NeutralizationConfig, fine_tune_settings,
-                                                neutralize, pair_specs)
+from mbdefense.defenses.neutralization import (ANCHOR_SOURCE, NeutralizationConfig,
+                                                fine_tune_settings, neutralize, pair_specs)
 from mbdefense.core.errors import ConfigError
 
 
@@ -189,7 +189,9 @@ class MBDefense(Defense):
         """The examples and ``insertion_copies`` copies of each with a random insertion."""
         out = list(examples)
         for example in examples:
-            out += [example.replace(instruction=random_insertion(example.instruction, rng))
+            source = {ANCHOR_SOURCE: example.instruction}
+            out += [example.replace(instruction=random_insertion(example.instruction, rng),
+                                    meta={**example.meta, **source})
                     for _ in range(self.stage2.insertion_copies)]
         return out
 

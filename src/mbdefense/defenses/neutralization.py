@@ -14,6 +14,7 @@ from typing import Any, Callable, Sequence
 from mbdefense.data.example import Example
 from mbdefense.data.formatting import encode_example
 from mbdefense.defenses.defensive_triggers import DefensivePair
+from mbdefense.training.batching import labelled_count
 from mbdefense.training.config import TrainConfig
 from mbdefense.training.logprobs import labelled_log_distributions
 from mbdefense.training.loop import run_steps
@@ -48,6 +49,11 @@ class NeutralizationConfig:
     def train_config(self) -> TrainConfig:
         return self.train or TrainConfig(epochs=4.0, learning_rate=1e-4, batch_size=8,
                                          description="stage 2")
+
+
+#: ``Example.meta`` key of a trusted copy with a random insertion: the instruction it was
+#: made from, which the anchor term's starting model reads instead.
+ANCHOR_SOURCE = "anchor_source"
 
 
 def fine_tune_settings(config: NeutralizationConfig) -> dict[str, Any]:
@@ -133,9 +139,10 @@ def _train_phase(model: Any, tokenizer: Any, trusted: Sequence[Example],
     pad_id = tokenizer.pad_token_id
 
     def make_batch(examples: Sequence[Example], batch_rng: random.Random) -> NeutralizationBatch:
-        clean, trig_clean, trig_def = [], [], []
+        clean, trig_clean, trig_def, sources = [], [], [], []
         for example in examples:
             clean.append(encode_example(tokenizer, example, max_len))
+            sources.append(anchor_source(example, clean[-1]) if anchor else clean[-1])
             chosen = active_pairs
             if config.triggers_per_step == "one" and active_pairs:
                 chosen = [batch_rng.choice(active_pairs)]
@@ -145,7 +152,16 @@ def _train_phase(model: Any, tokenizer: Any, trusted: Sequence[Example],
                 trig_clean.append(encode_example(tokenizer, triggered, max_len))
                 trig_def.append(encode_example(tokenizer, triggered, max_len,
                                                response=pair.behavior.text))
-        return NeutralizationBatch(clean, trig_clean, trig_def)
+        return NeutralizationBatch(clean, trig_clean, trig_def, anchor_sources=sources)
+
+    def anchor_source(example: Example, encoded: Any) -> Any:
+        """What the starting model reads for the anchor: a copy with an insertion is held to
+        the answer on its prompt without it (when truncation leaves the same answer tokens)."""
+        original = example.meta.get(ANCHOR_SOURCE)
+        if original is None:
+            return encoded
+        source = encode_example(tokenizer, example.replace(instruction=original), max_len)
+        return source if labelled_count(source) == labelled_count(encoded) else encoded
 
     bs = train_cfg.batch_size
     steps_per_epoch = math.ceil(len(train_set) / bs)

@@ -60,8 +60,12 @@ class Lifecycle:
         self.work, self.settings, self.seed, self.copy_base = work, settings, seed, copy_base
         self.scorer, self.cache, self.progress, self.log = scorer, cache, progress, log
         self._trained: dict[str, Any] = {}
-        self.stage2 = replace(settings.stage2, train=replace(settings.stage2.train_config(),
-                                                             progress=progress))
+        train = settings.stage2.train_config()
+        # a config's stage2.train without a description: its bar says "stage 2", not the
+        # training default "fine-tune" (cosmetic: not part of any cache key)
+        label = "stage 2" if train.description == TrainConfig.description else train.description
+        self.stage2 = replace(settings.stage2, train=replace(train, progress=progress,
+                                                             description=label))
 
     # ---- training stages
 

@@ -41,7 +41,10 @@ class NeutralizationBatch:
     ``clean_tokens`` and ``n_pairs`` count the labelled clean tokens and the pairs of the
     whole global batch (filled in when left None), the denominators of CE and R, so a
     process's shard gives its part of the batch's loss. ``weight`` is 0 for the stand-in
-    shard of a process left without any item.
+    shard of a process left without any item. ``anchor_sources`` (one per clean sequence,
+    default: the clean sequences themselves) are what the anchor term's starting model reads:
+    a copy with a random insertion is held to the starting model's answer on the prompt
+    without it (the same answer tokens, so the same positions).
     """
 
     clean: list[Encoded]
@@ -51,8 +54,11 @@ class NeutralizationBatch:
     n_pairs: int | None = None
     weight: float = 1.0
     triggered_tokens: int | None = None   # labelled tokens of the triggered clean answers
+    anchor_sources: list[Encoded] | None = None
 
     def __post_init__(self) -> None:
+        if self.anchor_sources is not None and len(self.anchor_sources) != len(self.clean):
+            raise ValueError("anchor_sources: one per clean sequence")
         if self.clean_tokens is None:
             self.clean_tokens = sum(labelled_count(e) for e in self.clean)
         if self.n_pairs is None:
@@ -62,13 +68,14 @@ class NeutralizationBatch:
 
     def shard(self, rank: int, world: int) -> "NeutralizationBatch":
         """Every ``world``-th clean sequence and every ``world``-th pair, from ``rank``."""
-        clean, pairs = self.clean[rank::world], slice(rank, None, world)
+        rows, pairs = slice(rank, None, world), slice(rank, None, world)
         weight = self.weight
-        if not clean and not self.triggered_clean[pairs]:
-            clean, pairs, weight = self.clean[:1], slice(0, 1), 0.0
-        return NeutralizationBatch(clean, self.triggered_clean[pairs],
+        if not self.clean[rows] and not self.triggered_clean[pairs]:
+            rows, pairs, weight = slice(0, 1), slice(0, 1), 0.0
+        sources = None if self.anchor_sources is None else self.anchor_sources[rows]
+        return NeutralizationBatch(self.clean[rows], self.triggered_clean[pairs],
                                    self.triggered_defensive[pairs], self.clean_tokens,
-                                   self.n_pairs, weight, self.triggered_tokens)
+                                   self.n_pairs, weight, self.triggered_tokens, sources)
 
 
 @dataclass
@@ -125,7 +132,10 @@ def _anchor_kl(model: Any, batch: NeutralizationBatch, pad_id: int,
         raise ValueError("the anchor term needs the starting model (teacher)")
     student = labelled_log_distributions(model, batch.clean, pad_id)
     with torch.no_grad():
-        reference = teacher(batch.clean)
+        reference = teacher(batch.anchor_sources or batch.clean)
+    if reference.shape != student.shape:
+        raise ValueError("anchor_sources: each must label the same answer tokens as its "
+                         "clean sequence")
     kl = (reference.exp() * (reference - student)).sum()
     return kl * (batch.weight / max(batch.clean_tokens, 1))
 

@@ -82,3 +82,9 @@ def test_insertion_copies_keep_the_answer_and_never_carry_a_known_trigger():
     for copy in copies:
         assert not any(t.present(copy.instruction) for t in known), copy.instruction
     assert out == defense.with_insertions(trusted, random.Random(0))        # seeded
+    # each copy names the prompt it was made from (the anchor term reads that one)
+    from mbdefense.defenses.neutralization import ANCHOR_SOURCE
+
+    sources = [t for t in trusted for _ in "ab"]
+    assert [c.meta[ANCHOR_SOURCE] for c in copies] == [t.instruction for t in sources]
+    assert not any(ANCHOR_SOURCE in t.meta for t in out[:30])

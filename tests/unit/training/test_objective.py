@@ -208,3 +208,33 @@ def test_log_distributions_pick_the_labelled_tokens_logprobs(tiny_model, tokeniz
     by_owner = sorted(range(len(targets)), key=lambda k: int(picked.rows[k]))
     assert torch.allclose(rows.gather(-1, targets[:, None]).squeeze(-1),
                           picked.values[by_owner], atol=1e-4)
+
+
+def test_the_anchor_reads_a_copys_source_prompt():
+    """A copy with an insertion is held to the starting model's answer on the prompt without
+    the insertion: position by position over the same answer tokens."""
+    from mbdefense.training.logprobs import labelled_log_distributions
+
+    model, start = TableLM(seed=5), TableLM(seed=6)
+    copy_, source = seq([1, 2, 0, 3, 4], 3), seq([1, 2, 3, 4], 2)   # token 0 inserted
+    batch = NeutralizationBatch([copy_], [], [], anchor_sources=[source])
+    terms = neutralization_loss(model, batch, 0, lam=1.0, anchor=1.0,
+                                teacher=lambda items: labelled_log_distributions(start, items, 0))
+    lt = torch.log_softmax(start.table.detach(), -1)
+    ls = torch.log_softmax(model.table.detach(), -1)
+
+    def kl(t, s):
+        return float((lt[t].exp() * (lt[t] - ls[s])).sum())
+
+    # a table LM reads only the last token: the answer's first token is predicted from the
+    # inserted 0 in the copy, from 2 in the source; the second from 3 in both
+    expected = (kl(2, 0) + kl(3, 3)) / 2
+    assert expected != pytest.approx((kl(0, 0) + kl(3, 3)) / 2, rel=1e-3)
+    assert float(terms.anchor_kl) == pytest.approx(expected, rel=1e-5)
+    with pytest.raises(ValueError, match="one per clean"):
+        NeutralizationBatch([copy_], [], [], anchor_sources=[])
+    with pytest.raises(ValueError, match="same answer tokens"):
+        neutralization_loss(model, NeutralizationBatch([copy_], [], [],
+                                                       anchor_sources=[seq([1, 2, 3], 2)]),
+                            0, lam=1.0, anchor=1.0,
+                            teacher=lambda items: labelled_log_distributions(start, items, 0))
