@@ -9,6 +9,8 @@ Knobs (the paper's Table 2 and its data-efficiency claim, and this implementatio
 - ``margin``: the margin in stage 2's R term (nats per token);
 - ``top-up``: the implant top-up after stage 1, at the fine-tune's learning rate and lower;
 - ``stage2-params``: which parameters stage 2 trains (all, or LoRA adapters);
+- ``stage2-terms``: stage 2's repair terms: the random-insertion copies and the anchor (KL to
+  the stage-1 model on the clean answers), off and on;
 - ``repair``: stage 2's repair phase (epochs of the clean answer's CE under the triggers).
 
 Prints, per knob, variant and attack, MB-Defense's CACC, ASR and AACC with their 95% intervals
@@ -45,6 +47,11 @@ KNOBS: dict[str, list[tuple[str, list[str]]]] = {
                       ("LoRA r16, attention (preset)", []),
                       ("LoRA r16, attention + MLP",
                        [f"stage2.train.lora={{r: 16, alpha: 32, target_modules: {ALL_MODULES}}}"])],
+    "stage2-terms": [("R only, lam 1", ["stage2.lam=1", "stage2.anchor=0",
+                                        "stage2.insertion_copies=0"]),
+                     ("+ insertion copy, lam 1", ["stage2.lam=1", "stage2.anchor=0"]),
+                     ("+ anchor, lam 2", ["stage2.insertion_copies=0"]),
+                     ("+ insertion copy + anchor, lam 2 (preset)", [])],
     "repair": [("off (preset)", []), ("1 epoch", ["stage2.repair_epochs=1"]),
                ("2 epochs", ["stage2.repair_epochs=2"])],
 }

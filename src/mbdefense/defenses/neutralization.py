@@ -11,6 +11,7 @@ import random
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Sequence
 
+from mbdefense.core.errors import ConfigError
 from mbdefense.data.example import Example
 from mbdefense.data.formatting import encode_example
 from mbdefense.defenses.defensive_triggers import DefensivePair
@@ -19,6 +20,7 @@ from mbdefense.training.config import TrainConfig
 from mbdefense.training.logprobs import labelled_log_distributions
 from mbdefense.training.loop import run_steps
 from mbdefense.training.objective import NeutralizationBatch, neutralization_loss
+from mbdefense.training.runtime import launched_with_sharded_weights
 from mbdefense.training.sft import apply_lora, merge_lora
 
 
@@ -135,6 +137,10 @@ def _train_phase(model: Any, tokenizer: Any, trusted: Sequence[Example],
         train_set = augment(train_set, random.Random(f"augment-train:{seed}"))
     active_pairs = list(pairs) if config.lam or config.triggered_ce else []
     anchor = config.anchor if pairs else 0.0   # MB-Defense's term, never a baseline's
+    if anchor and launched_with_sharded_weights():
+        raise ConfigError("stage2.anchor: the starting model is read outside the training "
+                          "engine, which a sharded engine (FSDP, ZeRO-3) does not allow; run "
+                          "stage 2 with one process or DDP, or set stage2.anchor=0")
     max_len = train_cfg.max_length
     pad_id = tokenizer.pad_token_id
 

@@ -31,6 +31,19 @@ def launched_world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1") or 1)
 
 
+def launched_with_sharded_weights() -> bool:
+    """Whether ``accelerate launch`` asked for an engine that shards the weights (FSDP, or
+    DeepSpeed ZeRO-3), read from the variables it sets for its processes."""
+    def flag(name: str) -> bool:
+        return os.environ.get(name, "").strip().lower() in ("1", "true", "yes")
+
+    if launched_world_size() <= 1:
+        return False
+    return flag("ACCELERATE_USE_FSDP") or (
+        flag("ACCELERATE_USE_DEEPSPEED")
+        and os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", "").strip() == "3")
+
+
 def is_main_process() -> bool:
     """True except in the second and later processes of a launch (they write nothing)."""
     return int(os.environ.get("RANK", "0") or 0) == 0

@@ -43,3 +43,14 @@ def test_the_stage2_parameter_variants_train_what_they_say():
     assert full.lora is None and full.learning_rate == 1e-4
     mlp = next(t for label, t in trains.items() if "MLP" in label)
     assert "down_proj" in mlp.lora.target_modules and mlp.learning_rate == 1e-3
+
+
+def test_the_stage2_term_variants_switch_what_they_say():
+    variants = dict(_knobs()["stage2-terms"])
+    config = ROOT / "configs" / "ablations.yaml"
+    stage2 = {label: load_run_spec(config, overrides, check_paths=False).resolved["embedded"].stage2
+              for label, overrides in variants.items()}
+    terms = {label: (s.insertion_copies > 0, s.anchor > 0) for label, s in stage2.items()}
+    assert sorted(terms.values()) == [(False, False), (False, True), (True, False), (True, True)]
+    for label, (insertions, anchor) in terms.items():
+        assert ("insertion" in label) == insertions and ("anchor" in label) == anchor

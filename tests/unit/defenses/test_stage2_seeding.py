@@ -3,6 +3,7 @@ seed."""
 
 import copy
 
+import pytest
 import torch
 
 from mbdefense.data.suite import generate
@@ -118,3 +119,23 @@ def test_baselines_never_get_the_anchor(tiny_model, tokenizer):
                             NeutralizationConfig(train=train, anchor=4.0), seed=0)
     assert "anchor_kl" not in info["history"][0]
     assert all(torch.equal(a, b) for a, b in zip(plain.parameters(), held.parameters()))
+
+
+def test_the_anchor_under_a_sharded_engine_is_a_clear_error(tiny_model, tokenizer, monkeypatch):
+    from mbdefense.core.errors import ConfigError
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    config = NeutralizationConfig(anchor=1.0, train=TrainConfig(epochs=1, progress=False))
+    with pytest.raises(ConfigError, match="stage2.anchor"):
+        neutralize(copy.deepcopy(tiny_model), tokenizer, generate(10, 0),
+                   make_defensive_pairs(["mn"]), config, seed=0)
+    from mbdefense.training.runtime import launched_with_sharded_weights
+
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "false")
+    assert not launched_with_sharded_weights()
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", "3")
+    assert launched_with_sharded_weights()
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", "2")
+    assert not launched_with_sharded_weights()
