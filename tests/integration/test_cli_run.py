@@ -69,8 +69,10 @@ def test_grid_run_writes_results_and_reports(reference):
     assert log.count("fine-tuning the base") == 3   # clean, attacked (shared), MB stage 1
     assert "[4/4 cells]" in log
     assert "step/s" in log            # progress reaches a log file too (a line per 30 s)
-    # stage2.train given without a description: the bar still says what it is
-    assert re.search(r"stage 2: +\d+%", log) and not re.search(r"fine-tune: +\d+%", log)
+    # stage2.train given without a description: the stage-2 bars still say what they are
+    bars = re.findall(r"running (\S+) after training \.\.\.\s+([a-z0-9 -]+): +\d+%", log)
+    assert [d for d, _ in bars] == ["clean-fft", "mb-defense"], bars
+    assert {label for _, label in bars} == {"stage 2"}, bars
     for name in ("report.md", "report.html", "results.csv"):
         assert (out / name).is_file()
 

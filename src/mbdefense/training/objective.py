@@ -9,9 +9,10 @@ trigger inserted. The loss is
 where log p(. | .) is the response's log-likelihood: summed over its tokens (the paper) or
 averaged per token (``reduction="mean"``). The last term (``triggered_ce``, gamma; 0 in the
 paper) asks for the clean answer itself under a defensive trigger, not only for it to beat the
-defensive one: a repair, not only a break. The KL term (``anchor``, alpha; 0 in the paper) holds the model's
-whole next-token distribution on the clean answers to the model stage 2 started from (p_0, the
-stage-1 model): stage 2 should change what the model does under a trigger, not elsewhere.
+defensive one: a repair, not only a break. The KL term (``anchor``, alpha; 0 in the paper)
+holds the model's whole next-token distribution on the clean answers to the model stage 2
+started from (p_0, the stage-1 model): stage 2 should change what the model does under a
+trigger, not elsewhere.
 
 All 1 + 2T sequences of a batch go through the model
 in a single forward pass, packed several to a row where the model keeps packed sequences apart
