@@ -42,3 +42,11 @@ def test_a_bad_option_value_is_one_line_naming_the_setting(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "--lr (finetune.learning_rate): must be > 0" in err
     assert err.count("\n") == 1 and not (tmp_path / "o").exists()
+
+
+def test_a_negative_anchor_is_refused_naming_the_flag(tmp_path, capsys):
+    code = main(["defend", "--model", "embedded", "--data", "x.json", "--trusted", "y.json",
+                 "--out", str(tmp_path / "o"), "--anchor", "-1"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--anchor (stage2.anchor)" in err and err.count("\n") == 1
+    assert not (tmp_path / "o").exists()

@@ -37,6 +37,11 @@ DEFEND_OPTIONS: tuple[tuple[str, tuple[str, ...], str], ...] = (
                                                    "break (0: none)"),
     ("--repair-weight", ("stage2.repair_weight",), "weight of the clean answer's CE under a "
                                                    "defensive trigger in the repair phase"),
+    ("--insertion-copies", ("stage2.insertion_copies",), "per trusted example, copies with a "
+                                                          "random insertion and the clean answer "
+                                                          "kept (0: the paper)"),
+    ("--anchor", ("stage2.anchor",), "weight of the KL to the stage-1 model on the clean "
+                                     "answers in stage 2 (0: the paper)"),
     ("--reduction", ("stage2.reduction",), "R on per-token mean or summed log-likelihoods "
                                            "(mean|sum)"),
     ("--stage2-triggers", ("stage2.triggers_per_step",), "defensive triggers per trusted "
