@@ -132,16 +132,26 @@ def labelled_logprobs(model: Any, input_ids: Any, attention_mask: Any, labels: A
     inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
     if position_ids is not None:   # packed rows; a cache would make transformers ignore them
         inputs.update(position_ids=position_ids, use_cache=False)
-    plain = _plain_head(model)
-    if plain is not None:
-        decoder, head = plain
-        hidden = decoder(**{"use_cache": False, **inputs}).last_hidden_state
-        values = _chunked_logprobs(head, hidden[:, :-1][rows, cols], targets)
+    states, head = _labelled_states(model, inputs, rows, cols)
+    if head is not None:
+        values = _chunked_logprobs(head, states, targets)
     else:
-        logits = model(**inputs).logits
-        picked = logits[:, :-1][rows, cols].float()
+        picked = states.float()
         values = picked.gather(-1, targets[:, None]).squeeze(-1) - torch.logsumexp(picked, -1)
     return TokenLogprobs(values, owners, counts)
+
+
+def _labelled_states(model: Any, inputs: dict[str, Any], rows: Any, cols: Any
+                     ) -> tuple[Any, Any]:
+    """The last hidden states at the labelled positions (``rows``, ``cols`` of the shifted
+    labels) and the output layer, or the logits there and None for models without a plain
+    head: one forward pass either way."""
+    plain = _plain_head(model)
+    if plain is None:
+        return model(**inputs).logits[:, :-1][rows, cols], None
+    decoder, head = plain
+    hidden = decoder(**{"use_cache": False, **inputs}).last_hidden_state
+    return hidden[:, :-1][rows, cols], head
 
 
 def labelled_log_distributions(model: Any, items: Sequence[Encoded], pad_id: int) -> Any:
@@ -157,13 +167,8 @@ def labelled_log_distributions(model: Any, items: Sequence[Encoded], pad_id: int
     tensors = {k: v.to(device) for k, v in collate(items, pad_id).items()}
     labels = tensors.pop("labels")
     rows, cols = torch.nonzero(labels[:, 1:] != IGNORE_INDEX, as_tuple=True)
-    plain = _plain_head(model)
-    if plain is not None:
-        decoder, head = plain
-        hidden = decoder(**tensors, use_cache=False).last_hidden_state
-        logits = head(hidden[:, :-1][rows, cols])
-    else:
-        logits = model(**tensors).logits[:, :-1][rows, cols]
+    states, head = _labelled_states(model, tensors, rows, cols)
+    logits = states if head is None else head(states)
     return torch.log_softmax(logits.float(), dim=-1)
 
 
