@@ -140,3 +140,102 @@ def test_reference_base_needs_the_clean_model(tokenizer):
 def test_bad_options_are_config_errors(options, needle):
     with pytest.raises(ConfigError, match=needle):
         make_defense("cleangen", options=options)
+
+
+# --------------------------------------------------------------------------- the KV cache
+
+
+def _peaked(tokenizer, seed: int):
+    """A tiny model with its weight matrices at 10x the usual initial scale: its next-token
+    distributions are peaked and depend on the prompt, so two seeds agree on some tokens and
+    not on others (at the usual scale both are nearly uniform and never disagree enough)."""
+    import torch
+
+    model = _tiny(tokenizer, seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.mul_(10.0)
+    return model
+
+
+def recorded(model, calls: list):
+    """``model`` behind a wrapper that forwards every keyword and records their names."""
+    from types import SimpleNamespace
+
+    import torch
+
+    class Recorded(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = model
+            self.config, self.dtype = model.config, model.dtype
+
+        def forward(self, **kwargs):
+            calls.append(sorted(kwargs))
+            return SimpleNamespace(logits=self.inner(**kwargs).logits)
+
+    return Recorded().eval()
+
+
+def _both_ways(suspect, reference, prompts, **kwargs):
+    """CleanGen with and without the KV caches: ``(cached, uncached)``, each (outputs,
+    replaced)."""
+    return tuple(cleangen_token_ids(suspect, reference, prompts, pad_id=0, use_cache=use,
+                                    **kwargs) for use in (True, False))
+
+
+@pytest.mark.parametrize("k", [1, 3, 4])
+def test_cached_decoding_equals_recomputing_every_prefix(tokenizer, k):
+    """Two different models, some tokens replaced and not others, prompts of 20-30 tokens in
+    batches of 4, 4 and 2, rows stopping at different steps: the same tokens and the same
+    count of replacements with the caches (holes of rejected drafts, rows leaving the batch)
+    as without them."""
+    suspect, reference = _peaked(tokenizer, 0), _peaked(tokenizer, 1)
+    prompts = _prompts(tokenizer)
+    assert len({len(p) for p in prompts}) > 3
+    settings = dict(alpha=50.0, k=k, batch_size=4)
+    free, _ = cleangen_token_ids(suspect, reference, prompts, max_new_tokens=13,
+                                 stop_ids=frozenset(), pad_id=0, use_cache=False, **settings)
+    stop = frozenset({free[0][4]})      # a token the answers reach at different steps
+    cached, uncached = _both_ways(suspect, reference, prompts, max_new_tokens=13,
+                                  stop_ids=stop, **settings)
+    assert cached == uncached
+    out, replaced = cached
+    assert 0 < replaced < sum(len(o) for o in out)
+    stopped = [len(o) for o in out if o[-1] in stop]
+    assert stopped and min(stopped) < 13 and len(set(stopped)) > 1
+    assert any(len(o) == 13 and o[-1] not in stop for o in out)
+    assert out != _greedy(suspect, prompts, 13, stop)   # the replacements changed answers
+
+
+@pytest.mark.parametrize("batch_size", [3, 8])
+def test_cached_decoding_with_one_token_prompts(tokenizer, batch_size):
+    """Prompts of one token leave nothing to prefill: a batch of only such prompts starts
+    with empty caches (batches of 3), one among longer prompts with a fully padded row
+    (batches of 8)."""
+    suspect, reference = _peaked(tokenizer, 0), _peaked(tokenizer, 1)
+    full = _prompts(tokenizer)
+    prompts = [p[:1] for p in full[:3]] + [full[3][:2]] + full[4:8]
+    cached, uncached = _both_ways(suspect, reference, prompts, alpha=50.0, k=3,
+                                  max_new_tokens=7, stop_ids=frozenset(), batch_size=batch_size)
+    assert cached == uncached
+    out, replaced = cached
+    assert 0 < replaced < sum(len(o) for o in out) and all(len(o) == 7 for o in out)
+
+
+def test_the_cache_is_used_when_both_models_allow_it(tokenizer):
+    """By default both models get a KV cache; a model the cached loop does not handle (here
+    one with a sliding window) makes both decode without, to the same tokens."""
+    suspect, reference = _peaked(tokenizer, 0), _peaked(tokenizer, 1)
+    prompts = _prompts(tokenizer, EXAMPLES[:4])
+    settings = dict(alpha=50.0, k=3, max_new_tokens=5, stop_ids=frozenset(), pad_id=0)
+    calls: list = []
+    out = cleangen_token_ids(recorded(suspect, calls), recorded(reference, calls), prompts,
+                             **settings)
+    assert calls and all("cache" in names for names in calls)
+    calls.clear()
+    reference.config.sliding_window = 4
+    assert cleangen_token_ids(recorded(suspect, calls), recorded(reference, calls), prompts,
+                              **settings) == out
+    assert calls and not any("cache" in names for names in calls)
