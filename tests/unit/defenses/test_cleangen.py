@@ -209,12 +209,15 @@ def test_cached_decoding_equals_recomputing_every_prefix(tokenizer, k):
     assert out != _greedy(suspect, prompts, 13, stop)   # the replacements changed answers
 
 
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
 @pytest.mark.parametrize("batch_size", [3, 8])
-def test_cached_decoding_with_one_token_prompts(tokenizer, batch_size):
+def test_cached_decoding_with_one_token_prompts(tokenizer, batch_size, attention):
     """Prompts of one token leave nothing to prefill: a batch of only such prompts starts
     with empty caches (batches of 3), one among longer prompts with a fully padded row
     (batches of 8)."""
     suspect, reference = _peaked(tokenizer, 0), _peaked(tokenizer, 1)
+    for model in (suspect, reference):
+        model.set_attn_implementation(attention)
     full = _prompts(tokenizer)
     prompts = [p[:1] for p in full[:3]] + [full[3][:2]] + full[4:8]
     cached, uncached = _both_ways(suspect, reference, prompts, alpha=50.0, k=3,
