@@ -26,14 +26,13 @@ import copy
 import json
 import statistics
 import sys
-import time
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import device_name  # noqa: E402
+from common import device_name, timed  # noqa: E402
 
 PEER = "uncached"
 
@@ -120,20 +119,6 @@ def variants(model: Any, reference: Any, prompts: list[list[int]], args: argpars
         return generate_token_ids(model, prompts, static_cache=False, **settings), 0
 
     return {"cached": cleangen(True), PEER: cleangen(False), "plain greedy": plain}
-
-
-def timed(run: Callable[[], Any], device: str) -> float:
-    """Wall-clock seconds of one run (synchronised on CUDA)."""
-    import torch
-
-    cuda = device.startswith("cuda")
-    if cuda:
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    run()
-    if cuda:
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
 
 
 def measure(table: dict[str, Callable[[], Any]], args: argparse.Namespace) -> dict[str, dict]:

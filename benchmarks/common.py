@@ -14,8 +14,9 @@ builds their common inputs so every variant sees the same model, data and settin
 from __future__ import annotations
 
 import resource
+import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 
 @dataclass(frozen=True)
@@ -144,3 +145,17 @@ def device_name() -> str:
     if torch.cuda.is_available():
         return torch.cuda.get_device_name(0)
     return "cpu"
+
+
+def timed(run: Callable[[], Any], device: str) -> float:
+    """Wall-clock seconds of one run (synchronised on CUDA)."""
+    import torch
+
+    cuda = device.startswith("cuda")
+    if cuda:
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    run()
+    if cuda:
+        torch.cuda.synchronize()
+    return time.perf_counter() - start

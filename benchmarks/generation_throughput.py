@@ -27,14 +27,13 @@ import argparse
 import json
 import statistics
 import sys
-import time
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import device_name, embedded_workload, random_model  # noqa: E402
+from common import device_name, embedded_workload, random_model, timed  # noqa: E402
 
 SHAPES = ("embedded", "smollm2-135m", "llama-3.2-1b")
 PEER = "hf-generate"
@@ -123,20 +122,6 @@ def variants(model: Any, tokenizer: Any, prompts: list[str], args: argparse.Name
     if args.device.startswith("cuda"):
         table.update({"hf-generate-static": peer(True), "mbdefense-dynamic": ours(False)})
     return table
-
-
-def timed(run: Callable[[], Any], device: str) -> float:
-    """Wall-clock seconds of one run (synchronised on CUDA)."""
-    import torch
-
-    cuda = device.startswith("cuda")
-    if cuda:
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    run()
-    if cuda:
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
 
 
 def measure(table: dict, args: argparse.Namespace, tokenizer: Any) -> dict[str, dict]:
