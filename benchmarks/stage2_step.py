@@ -6,8 +6,14 @@ labelled ones picked), which is what the objective did before projecting only th
 positions. Each variant runs in its own process; the script prints seconds per step, the peak
 resident memory above the loaded model, and the ratios to the peer.
 
+With ``--anchor W`` every variant adds the anchor term (KL to a frozen copy of the model, with
+noise on its weights), and one more variant computes the model's side of it the way the
+objective did before, in a separate forward pass over the clean sequences
+(``anchor-separate-pass``); the others take it from the step's one pass.
+
     python benchmarks/stage2_step.py                       # smollm2-135m when installed
     python benchmarks/stage2_step.py --model embedded --threads 1
+    python benchmarks/stage2_step.py --model embedded --threads 1 --anchor 2
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import sys
 import time
 
 VARIANTS = ("full-logits", "response-only", "checkpointing")
+ANCHOR_PEER = "anchor-separate-pass"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -33,7 +40,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--answer-words", type=int, default=120)
     p.add_argument("--steps", type=int, default=3, help="timed steps (after one warm-up)")
     p.add_argument("--threads", type=int, default=0)
-    p.add_argument("--child", choices=VARIANTS, help=argparse.SUPPRESS)
+    p.add_argument("--anchor", type=float, default=0.0,
+                   help="weight of the anchor term in every variant (0: none)")
+    p.add_argument("--child", choices=VARIANTS + (ANCHOR_PEER,), help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 
@@ -68,6 +77,23 @@ def make_batch(tokenizer, args):
     return NeutralizationBatch(clean, trig_clean, trig_def)
 
 
+def anchored_teacher(model, pad_id):
+    """A frozen copy of ``model`` with noise on its weights, as the anchor's starting model."""
+    import copy
+
+    import torch
+
+    from mbdefense.training.logprobs import labelled_log_distributions
+
+    start = copy.deepcopy(model).eval()
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in start.parameters():
+            p.add_(0.01 * p.std() * torch.randn_like(p))
+            p.requires_grad_(False)
+    return lambda items: labelled_log_distributions(start, items, pad_id)
+
+
 def child(args) -> None:
     import torch
 
@@ -77,8 +103,13 @@ def child(args) -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    model, tokenizer = load_model(args.model, dtype="float32", progress=False,
-                                  log=lambda m: None)
+    if args.model == "embedded":   # the demo's base, built by the embedded world
+        from mbdefense.runs.embedded import embedded_base
+
+        model, tokenizer, _ = embedded_base(progress=False, log=lambda m: None)
+    else:
+        model, tokenizer = load_model(args.model, dtype="float32", progress=False,
+                                      log=lambda m: None)
     if args.child == "full-logits":
         logprobs._plain_head = lambda model: None      # the model's own forward everywhere
     if args.child == "checkpointing":                  # response-only, activations recomputed
@@ -86,21 +117,31 @@ def child(args) -> None:
     batch = make_batch(tokenizer, args)
     tokens = sum(len(e.input_ids) for e in batch.clean + batch.triggered_clean
                  + batch.triggered_defensive)
+    pad = tokenizer.pad_token_id
+    teacher = anchored_teacher(model, pad) if args.anchor else None
+    separate = args.child == ANCHOR_PEER
     model.train()
     base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     times = []
     for step in range(args.steps + 1):
         t0 = time.perf_counter()
         model.zero_grad(set_to_none=True)
-        terms = neutralization_loss(model, batch, tokenizer.pad_token_id, lam=1.0,
-                                    reduction="mean", margin=5.0)
-        terms.loss.backward()
+        terms = neutralization_loss(model, batch, pad, lam=1.0, reduction="mean", margin=5.0,
+                                    anchor=0.0 if separate else args.anchor, teacher=teacher)
+        loss = terms.loss
+        if separate:   # the model's distributions on the clean answers from a pass of their own
+            student = logprobs.labelled_log_distributions(model, batch.clean, pad)
+            with torch.no_grad():
+                reference = teacher(batch.clean)
+            loss = loss + args.anchor * (reference.exp() * (reference - student)).sum() / max(
+                batch.clean_tokens, 1)
+        loss.backward()
         if step:
             times.append(time.perf_counter() - t0)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(json.dumps({"variant": args.child, "seconds_per_step": sum(times) / len(times),
                       "peak_extra_gb": (peak - base_rss) / 1e6, "tokens": tokens,
-                      "loss": float(terms.loss.detach()), "vocab": model.config.vocab_size}))
+                      "loss": float(loss.detach()), "vocab": model.config.vocab_size}))
 
 
 def main(argv=None) -> int:
@@ -110,12 +151,12 @@ def main(argv=None) -> int:
         return 0
     args.model = args.model or default_model()
     results = {}
-    for variant in VARIANTS:
+    for variant in VARIANTS + ((ANCHOR_PEER,) if args.anchor else ()):
         cmd = [sys.executable, __file__, "--child", variant, "--model", args.model,
                "--batch-size", str(args.batch_size), "--triggers", str(args.triggers),
                "--prompt-words", str(args.prompt_words), "--answer-words",
                str(args.answer_words), "--steps", str(args.steps), "--threads",
-               str(args.threads)]
+               str(args.threads), "--anchor", str(args.anchor)]
         done = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if done.returncode:
             print(done.stderr[-2000:], file=sys.stderr)
@@ -130,6 +171,11 @@ def main(argv=None) -> int:
               f"{full['seconds_per_step'] / r['seconds_per_step']:.2f}x speed, "
               f"{r['peak_extra_gb'] / max(full['peak_extra_gb'], 1e-9):.2f}x memory, same loss "
               f"{abs(full['loss'] - r['loss']) < 1e-3 * max(1.0, abs(full['loss']))}")
+    if args.anchor:
+        peer, ours = results[ANCHOR_PEER], results["response-only"]
+        print(f"anchor {args.anchor}: the model's distributions from the step's one pass vs a "
+              f"separate pass: {peer['seconds_per_step'] / ours['seconds_per_step']:.2f}x "
+              f"speed, {ours['peak_extra_gb'] / max(peer['peak_extra_gb'], 1e-9):.2f}x memory")
     return 0
 
 

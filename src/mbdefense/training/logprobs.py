@@ -44,11 +44,15 @@ def whole_model_forward() -> Iterator[None]:
 @dataclass
 class TokenLogprobs:
     """``values[k]`` is the log-probability of the k-th labelled token, which belongs to
-    sequence ``rows[k]``; ``counts[i]`` is the number of labelled tokens of sequence i."""
+    sequence ``rows[k]``; ``counts[i]`` is the number of labelled tokens of sequence i.
+    ``distributions``, when asked for: the whole next-token log-distributions (float32) at
+    the labelled positions of the first sequences, sequence by sequence in position order
+    (the order of :func:`labelled_log_distributions`)."""
 
     values: Any
     rows: Any
     counts: Any
+    distributions: Any = None
 
     def per_sequence(self, reduction: str = "sum") -> Any:
         import torch
@@ -112,12 +116,15 @@ def _chunked_logprobs(head: Any, hidden: Any, targets: Any) -> Any:
 
 
 def labelled_logprobs(model: Any, input_ids: Any, attention_mask: Any, labels: Any, *,
-                      position_ids: Any = None, sequence_ids: Any = None) -> TokenLogprobs:
+                      position_ids: Any = None, sequence_ids: Any = None,
+                      distributions_of: int = 0) -> TokenLogprobs:
     """Log-probabilities of every labelled token (``labels != IGNORE_INDEX``), one forward.
 
     Padded rows (one sequence each) come with their ``attention_mask``; packed rows
     (:func:`mbdefense.training.batching.collate_packed`) with ``position_ids`` and
-    ``sequence_ids`` instead, and the result is per sequence, not per row.
+    ``sequence_ids`` instead, and the result is per sequence, not per row. With
+    ``distributions_of=n``, the same pass also gives the whole log-distributions at the
+    labelled positions of sequences ``0 .. n-1`` (``TokenLogprobs.distributions``).
     """
     import torch
 
@@ -138,7 +145,14 @@ def labelled_logprobs(model: Any, input_ids: Any, attention_mask: Any, labels: A
     else:
         picked = states.float()
         values = picked.gather(-1, targets[:, None]).squeeze(-1) - torch.logsumexp(picked, -1)
-    return TokenLogprobs(values, owners, counts)
+    distributions = None
+    if distributions_of:
+        # a sequence's tokens are in position order (one row each); order the sequences
+        chosen = torch.nonzero(owners < distributions_of, as_tuple=True)[0]
+        chosen = chosen[torch.sort(owners[chosen], stable=True).indices]
+        logits = states[chosen] if head is None else head(states[chosen])
+        distributions = torch.log_softmax(logits.float(), dim=-1)
+    return TokenLogprobs(values, owners, counts, distributions)
 
 
 def _labelled_states(model: Any, inputs: dict[str, Any], rows: Any, cols: Any
@@ -211,11 +225,13 @@ def packs_sequences(model: Any) -> bool:
 _PACKING_CHECKED: "weakref.WeakKeyDictionary[Any, bool]" = weakref.WeakKeyDictionary()
 
 
-def sequence_logprobs(model: Any, items: Sequence[Encoded], pad_id: int) -> TokenLogprobs:
+def sequence_logprobs(model: Any, items: Sequence[Encoded], pad_id: int, *,
+                      distributions_of: int = 0) -> TokenLogprobs:
     """:func:`labelled_logprobs` of encoded sequences (``owners`` index ``items``), packed
     several to a row when the model keeps packed sequences apart, else one per padded row.
     Either way no row is longer than the longest sequence; packing leaves almost no padding
-    (short answers fill the rows that a padded batch would pad to the longest)."""
+    (short answers fill the rows that a padded batch would pad to the longest).
+    ``distributions_of``: as in :func:`labelled_logprobs` (the first items)."""
     from mbdefense.training.batching import collate, collate_packed
 
     device = next(model.parameters()).device
@@ -223,10 +239,11 @@ def sequence_logprobs(model: Any, items: Sequence[Encoded], pad_id: int) -> Toke
         packed = {k: v.to(device) for k, v in collate_packed(items, pad_id).items()}
         return labelled_logprobs(model, packed["input_ids"], None, packed["labels"],
                                  position_ids=packed["position_ids"],
-                                 sequence_ids=packed["sequence_ids"])
+                                 sequence_ids=packed["sequence_ids"],
+                                 distributions_of=distributions_of)
     tensors = {k: v.to(device) for k, v in collate(items, pad_id).items()}
     return labelled_logprobs(model, tensors["input_ids"], tensors["attention_mask"],
-                             tensors["labels"])
+                             tensors["labels"], distributions_of=distributions_of)
 
 
 __all__ = ["CHUNK_ROWS", "TokenLogprobs", "labelled_log_distributions", "labelled_logprobs",

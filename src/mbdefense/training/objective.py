@@ -17,7 +17,9 @@ trigger, not elsewhere.
 All 1 + 2T sequences of a batch go through the model
 in a single forward pass, packed several to a row where the model keeps packed sequences apart
 (the short defensive answers would otherwise be padded to the longest clean one), and only
-their response positions are projected onto the vocabulary (``mbdefense.training.logprobs``).
+their response positions are projected onto the vocabulary (``mbdefense.training.logprobs``);
+with the anchor, the clean answers' positions get their whole distributions from the same
+pass, and the starting model reads the clean sequences in one more pass, without gradients.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from typing import Any, Callable, Sequence
 
 from mbdefense.data.formatting import Encoded
 from mbdefense.training.batching import labelled_count
-from mbdefense.training.logprobs import labelled_log_distributions, sequence_logprobs
+from mbdefense.training.logprobs import sequence_logprobs
 
 #: The model stage 2 started from, as a function of encoded sequences to their labelled
 #: positions' log-distributions (:func:`labelled_log_distributions`), called without gradients.
@@ -94,20 +96,20 @@ def neutralization_loss(model: Any, batch: NeutralizationBatch, pad_id: int, lam
                         teacher: Teacher | None = None) -> ObjectiveTerms:
     """``CE(x, y) - lam * mean R + triggered_ce * CE(x_d, y) + anchor * KL`` for one batch (or
     a process's shard of it: its part of the whole batch's terms), in one forward pass over
-    all of its sequences (and one more over the clean ones with their whole distributions
-    when ``anchor`` is set; it needs the ``teacher``)."""
+    all of its sequences (and one of the ``teacher``, without gradients, when ``anchor`` is
+    set)."""
     import torch.nn.functional as F
 
     if reduction not in ("mean", "sum"):
         raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
     n_clean, n_pairs = len(batch.clean), len(batch.triggered_clean)
     items = list(batch.clean) + list(batch.triggered_clean) + list(batch.triggered_defensive)
-    token_lp = sequence_logprobs(model, items, pad_id)
+    token_lp = sequence_logprobs(model, items, pad_id, distributions_of=n_clean if anchor else 0)
     totals = token_lp.per_sequence("sum")
     counts = token_lp.counts.clamp(min=1).to(totals.dtype)
     # token-mean NLL over the whole batch's clean answers, as in SFT
     ce = -totals[:n_clean].sum() * (batch.weight / max(batch.clean_tokens, 1))
-    kl = _anchor_kl(model, batch, pad_id, teacher) if anchor else None
+    kl = _anchor_kl(token_lp.distributions, batch, teacher) if anchor else None
     held = ce if kl is None else ce + anchor * kl
     kl_value = None if kl is None else kl.detach()
     if not batch.n_pairs:
@@ -123,15 +125,14 @@ def neutralization_loss(model: Any, batch: NeutralizationBatch, pad_id: int, lam
     return ObjectiveTerms(loss, ce.detach(), reg.detach(), trig_ce.detach(), kl_value)
 
 
-def _anchor_kl(model: Any, batch: NeutralizationBatch, pad_id: int,
-               teacher: Teacher | None) -> Any:
-    """Token-mean KL(teacher || model) over the clean answers' labelled positions, normalised
-    by the whole batch's clean tokens like CE."""
+def _anchor_kl(student: Any, batch: NeutralizationBatch, teacher: Teacher | None) -> Any:
+    """Token-mean KL(teacher || model) over the clean answers' labelled positions (``student``:
+    the model's log-distributions there), normalised by the whole batch's clean tokens like
+    CE."""
     import torch
 
     if teacher is None:
         raise ValueError("the anchor term needs the starting model (teacher)")
-    student = labelled_log_distributions(model, batch.clean, pad_id)
     with torch.no_grad():
         reference = teacher(batch.anchor_sources or batch.clean)
     if reference.shape != student.shape:

@@ -150,6 +150,55 @@ def test_packed_sequences_give_the_padded_loss_and_gradients(tiny_model, tokeniz
         assert torch.allclose(a, b, atol=1e-5)
 
 
+def test_the_anchor_takes_the_models_distributions_from_the_main_pass(tiny_model, tokenizer,
+                                                                      monkeypatch):
+    """The anchor's student distributions come from the one forward pass over all sequences
+    (packed or padded): the same loss and gradients as a separate pass over the clean
+    sequences with their whole distributions."""
+    import copy
+
+    from mbdefense.training import logprobs
+
+    batch = _stage2_batch(tokenizer)
+    pad = tokenizer.pad_token_id
+    start = copy.deepcopy(tiny_model)
+    with torch.no_grad():
+        for p in start.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+
+    def teacher(items):
+        return logprobs.labelled_log_distributions(start, items, pad)
+
+    def loss_and_grads():
+        tiny_model.zero_grad()
+        terms = neutralization_loss(tiny_model, batch, pad, lam=1.0, reduction="mean",
+                                    margin=1.0, anchor=2.0, teacher=teacher)
+        terms.loss.backward()
+        return terms, [p.grad.clone() for p in tiny_model.parameters()]
+
+    def separate_pass():
+        tiny_model.zero_grad()
+        plain = neutralization_loss(tiny_model, batch, pad, lam=1.0, reduction="mean",
+                                    margin=1.0)
+        student = logprobs.labelled_log_distributions(tiny_model, batch.clean, pad)
+        with torch.no_grad():
+            reference = teacher(batch.clean)
+        kl = (reference.exp() * (reference - student)).sum() / batch.clean_tokens
+        (plain.loss + 2.0 * kl).backward()
+        return float(kl.detach()), [p.grad.clone() for p in tiny_model.parameters()]
+
+    packed, packed_grads = loss_and_grads()
+    kl, expected_grads = separate_pass()
+    assert kl > 1e-3
+    assert float(packed.anchor_kl) == pytest.approx(kl, rel=1e-4)
+    monkeypatch.setattr(logprobs, "packs_sequences", lambda model: False)
+    padded, padded_grads = loss_and_grads()
+    assert float(padded.anchor_kl) == pytest.approx(kl, rel=1e-4)
+    for grads in (packed_grads, padded_grads):
+        for a, b in zip(grads, expected_grads):
+            assert torch.allclose(a, b, atol=1e-5)
+
+
 def _kl_by_hand(teacher_table, student_table, sequences):
     """Token-mean KL(teacher || student) over the answers' positions of TableLM 'models'."""
     lt, ls = torch.log_softmax(teacher_table, -1), torch.log_softmax(student_table, -1)
