@@ -32,7 +32,7 @@ from typing import Any, Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import device_name, timed  # noqa: E402
+from common import setup_torch, timed  # noqa: E402
 
 PEER = "uncached"
 
@@ -166,14 +166,11 @@ def main(argv: list[str] | None = None) -> None:
     from mbdefense.training.batching import pad_id_of
 
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = setup_torch(args)
     model, tokenizer = load(args)
     reference = perturbed(model, args.noise)
     prompts = prompts_for(tokenizer, args.n)
     stop = stop_token_ids(model, tokenizer)
-    device = device_name() if args.device.startswith("cuda") else "cpu"
     print(f"{args.model} on {device} ({args.dtype}, {torch.get_num_threads()} threads): "
           f"{len(prompts)} prompts, batch {args.batch_size}, max_new_tokens "
           f"{args.max_new_tokens}, alpha {args.alpha}, k {args.k}, reference noise "

@@ -159,3 +159,14 @@ def timed(run: Callable[[], Any], device: str) -> float:
     if cuda:
         torch.cuda.synchronize()
     return time.perf_counter() - start
+
+
+def setup_torch(args: Any) -> str:
+    """Apply ``args.threads`` (0: torch's default) and default ``args.device`` to CUDA when
+    there is one; returns the device's name for the printout ("cpu" or the GPU's)."""
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return device_name() if args.device.startswith("cuda") else "cpu"

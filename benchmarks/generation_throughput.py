@@ -33,7 +33,7 @@ from typing import Any, Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import device_name, embedded_workload, random_model, timed  # noqa: E402
+from common import embedded_workload, random_model, setup_torch, timed  # noqa: E402
 
 SHAPES = ("embedded", "smollm2-135m", "llama-3.2-1b")
 PEER = "hf-generate"
@@ -162,13 +162,10 @@ def main(argv: list[str] | None = None) -> None:
     from mbdefense.evaluation.generation import stop_token_ids
 
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = setup_torch(args)
     args.dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
     model, tokenizer, prompts = load(args)
     stop = stop_token_ids(model, tokenizer)
-    device = device_name() if args.device.startswith("cuda") else "cpu"
     print(f"{args.shape} on {device} "
           f"({args.dtype}, {torch.get_num_threads()} threads): {len(prompts)} prompts, "
           f"batch {args.batch_size}, max_new_tokens {args.max_new_tokens}, "
