@@ -150,8 +150,7 @@ def labelled_logprobs(model: Any, input_ids: Any, attention_mask: Any, labels: A
         # a sequence's tokens are in position order (one row each); order the sequences
         chosen = torch.nonzero(owners < distributions_of, as_tuple=True)[0]
         chosen = chosen[torch.sort(owners[chosen], stable=True).indices]
-        logits = states[chosen] if head is None else head(states[chosen])
-        distributions = torch.log_softmax(logits.float(), dim=-1)
+        distributions = _log_distributions(states[chosen], head)
     return TokenLogprobs(values, owners, counts, distributions)
 
 
@@ -168,6 +167,15 @@ def _labelled_states(model: Any, inputs: dict[str, Any], rows: Any, cols: Any
     return hidden[:, :-1][rows, cols], head
 
 
+def _log_distributions(states: Any, head: Any) -> Any:
+    """Whole float32 log-distributions from :func:`_labelled_states`' output (logits when
+    ``head`` is None)."""
+    import torch
+
+    logits = states if head is None else head(states)
+    return torch.log_softmax(logits.float(), dim=-1)
+
+
 def labelled_log_distributions(model: Any, items: Sequence[Encoded], pad_id: int) -> Any:
     """The model's whole next-token log-distribution (``(labelled tokens, vocab)``, float32) at
     every labelled position of ``items``, in the order of :func:`sequence_logprobs`'s values
@@ -182,8 +190,7 @@ def labelled_log_distributions(model: Any, items: Sequence[Encoded], pad_id: int
     labels = tensors.pop("labels")
     rows, cols = torch.nonzero(labels[:, 1:] != IGNORE_INDEX, as_tuple=True)
     states, head = _labelled_states(model, tensors, rows, cols)
-    logits = states if head is None else head(states)
-    return torch.log_softmax(logits.float(), dim=-1)
+    return _log_distributions(states, head)
 
 
 def packs_sequences(model: Any) -> bool:
