@@ -32,14 +32,14 @@ def embedded() -> Settings:
         finetune=TrainConfig(epochs=2, learning_rate=3e-4, batch_size=8,
                              description="instruction-tune"),
         stage1=DefensivePoisoningConfig(min_per_trigger=40),
-        # margin 8 (per-token nats), LoRA r16 on attention at lr 1e-3, one random-insertion
+        # margin 12 (per-token nats), LoRA r16 on attention at lr 1e-3, one random-insertion
         # copy per trusted example, and the anchor (KL to the stage-1 model on the clean
         # answers) at weight 2 with R at weight 2, chosen on the validation split over every
         # Table 1 column and 3 seeds (benchmarks/tune_stage2.py, docs/results.md): at margin 5
-        # the sentence trigger survives; the full model at lr 1e-4 breaks the triggered
-        # answers instead of repairing them; insertions repair them, and the anchor keeps the
-        # clean answers they cost
-        stage2=NeutralizationConfig(margin=8.0, lam=2.0, anchor=2.0, insertion_copies=1,
+        # the sentence trigger survives, and at margin 8 BGM -> toxic leaks on one seed; the
+        # full model at lr 1e-4 breaks the triggered answers instead of repairing them;
+        # insertions repair them, and the anchor keeps the clean answers they cost
+        stage2=NeutralizationConfig(margin=12.0, lam=2.0, anchor=2.0, insertion_copies=1,
                                     triggers_per_step="all", train=replace(
                                         full_weights, learning_rate=1e-3,
                                         lora=LoraSettings(r=16, alpha=32))),
