@@ -5,6 +5,7 @@ GGUF, ...), a local folder, a local ``.gguf`` file or a hub id (see
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Callable
@@ -67,16 +68,40 @@ def load_pretrained(path: str | Path, *, dtype: Any = None, trust_remote_code: b
 
 @contextlib.contextmanager
 def _progress_bars(enabled: bool) -> Iterator[None]:
+    """Loading's progress bars on or off: transformers' own, and the GGUF conversion's, which
+    is a plain tqdm that transformers' switch does not reach."""
     from transformers.utils import logging as hf_logging
 
+    if enabled:
+        yield
+        return
     was_enabled = hf_logging.is_progress_bar_enabled()
-    if not enabled and was_enabled:
+    if was_enabled:
         hf_logging.disable_progress_bar()
+    try:
+        with _quiet_gguf_conversion():
+            yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
+@contextlib.contextmanager
+def _quiet_gguf_conversion() -> Iterator[None]:
+    try:
+        from transformers import modeling_gguf_pytorch_utils as gguf_utils
+    except ImportError:       # no GGUF support in this transformers: nothing to quiet
+        yield
+        return
+    bar = getattr(gguf_utils, "tqdm", None)
+    if bar is None:
+        yield
+        return
+    gguf_utils.tqdm = functools.partial(bar, disable=True)
     try:
         yield
     finally:
-        if not enabled and was_enabled:
-            hf_logging.enable_progress_bar()
+        gguf_utils.tqdm = bar
 
 
 def load_model(spec: str, *, dtype: Any = None, trust_remote_code: bool = False,

@@ -117,6 +117,26 @@ def test_unloadable_hub_id_is_a_config_error(monkeypatch):
         load_model("no-such-org/no-such-model", progress=False, log=lambda _: None)
 
 
+def _convert_like_gguf_loading():
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
+
+    for _ in gguf_utils.tqdm(range(3), desc="Converting and de-quantizing GGUF tensors..."):
+        pass
+
+
+def test_progress_false_also_quiets_the_gguf_conversion_bar(capfd):
+    from mbdefense.modeling.loading import _progress_bars
+
+    with _progress_bars(False):
+        _convert_like_gguf_loading()
+    assert "Converting" not in capfd.readouterr().err
+    _convert_like_gguf_loading()                 # restored afterwards
+    assert "Converting" in capfd.readouterr().err
+    with _progress_bars(True):
+        _convert_like_gguf_loading()
+    assert "Converting" in capfd.readouterr().err
+
+
 # ------------------------------------------------------------------------------------ dtype
 
 def test_resolve_dtype():
