@@ -37,7 +37,8 @@ KNOBS: dict[str, list[tuple[str, list[str]]]] = {
     "triggers": [("1", ["stage1.triggers=[mn]"]), ("2", ["stage1.triggers=[mn, bb]"]),
                  ("4 (preset)", []), ("6", ["stage1.triggers=[mn, bb, zx, qv, jk, wy]"])],
     "trusted": [(str(n), [f"data.n_trusted={n}"]) for n in (16, 32, 64, 128, 256)],
-    "margin": [(str(m), [f"stage2.margin={m}"]) for m in (0, 2, 5, 8, 12)],
+    "margin": [(str(m), [f"stage2.margin={m}"]) for m in (0, 5, 8)]
+              + [("12 (preset)", []), ("16", ["stage2.margin=16"])],
     "top-up": [("off (preset)", []),
                ("at the fine-tune's lr", ["stage1.on_weak_implant=top-up"]),
                ("at 1/10 of it", ["stage1.on_weak_implant=top-up",

@@ -54,3 +54,10 @@ def test_the_stage2_term_variants_switch_what_they_say():
     assert sorted(terms.values()) == [(False, False), (False, True), (True, False), (True, True)]
     for label, (insertions, anchor) in terms.items():
         assert ("insertion" in label) == insertions and ("anchor" in label) == anchor
+
+
+def test_the_margin_variants_hold_the_margin_they_name():
+    config = ROOT / "configs" / "ablations.yaml"
+    for label, overrides in _knobs()["margin"]:
+        margin = load_run_spec(config, overrides, check_paths=False).resolved["embedded"].stage2.margin
+        assert margin == float(label.split()[0]), label
