@@ -67,9 +67,9 @@ def load_pretrained(path: str | Path, *, dtype: Any = None, trust_remote_code: b
 
 
 @contextlib.contextmanager
-def _progress_bars(enabled: bool) -> Iterator[None]:
-    """Loading's progress bars on or off: transformers' own, and the GGUF conversion's, which
-    is a plain tqdm that transformers' switch does not reach."""
+def _progress_bars(enabled: bool, *, gguf: bool = False) -> Iterator[None]:
+    """Loading's progress bars on or off: transformers' own and, for a ``gguf`` load, the
+    conversion's, a plain tqdm that transformers' switch does not reach."""
     from transformers.utils import logging as hf_logging
 
     if enabled:
@@ -79,7 +79,7 @@ def _progress_bars(enabled: bool) -> Iterator[None]:
     if was_enabled:
         hf_logging.disable_progress_bar()
     try:
-        with _quiet_gguf_conversion():
+        with _quiet_gguf_conversion() if gguf else contextlib.nullcontext():
             yield
     finally:
         if was_enabled:
@@ -91,8 +91,7 @@ def _quiet_gguf_conversion() -> Iterator[None]:
     try:
         from transformers import modeling_gguf_pytorch_utils as gguf_utils
     except ImportError:       # no GGUF support in this transformers: nothing to quiet
-        yield
-        return
+        gguf_utils = None
     bar = getattr(gguf_utils, "tqdm", None)
     if bar is None:
         yield
@@ -131,7 +130,7 @@ def load_model(spec: str, *, dtype: Any = None, trust_remote_code: bool = False,
     if source.kind == "gguf":
         log(f"loading {source.label} from GGUF (dequantising) ...")
     try:
-        with _progress_bars(progress):
+        with _progress_bars(progress, gguf=source.kind == "gguf"):
             model, tokenizer = load_pretrained(source.path, dtype=dtype,
                                                trust_remote_code=trust_remote_code,
                                                gguf_file=source.gguf_file)

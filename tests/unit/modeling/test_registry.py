@@ -127,12 +127,12 @@ def _convert_like_gguf_loading():
 def test_progress_false_also_quiets_the_gguf_conversion_bar(capfd):
     from mbdefense.modeling.loading import _progress_bars
 
-    with _progress_bars(False):
+    with _progress_bars(False, gguf=True):
         _convert_like_gguf_loading()
     assert "Converting" not in capfd.readouterr().err
     _convert_like_gguf_loading()                 # restored afterwards
     assert "Converting" in capfd.readouterr().err
-    with _progress_bars(True):
+    with _progress_bars(True, gguf=True):
         _convert_like_gguf_loading()
     assert "Converting" in capfd.readouterr().err
 
