@@ -59,5 +59,5 @@ def test_the_stage2_term_variants_switch_what_they_say():
 def test_the_margin_variants_hold_the_margin_they_name():
     config = ROOT / "configs" / "ablations.yaml"
     for label, overrides in _knobs()["margin"]:
-        margin = load_run_spec(config, overrides, check_paths=False).resolved["embedded"].stage2.margin
-        assert margin == float(label.split()[0]), label
+        settings = load_run_spec(config, overrides, check_paths=False).resolved["embedded"]
+        assert settings.stage2.margin == float(label.split()[0]), label
