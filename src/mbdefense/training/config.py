@@ -30,6 +30,7 @@ class TrainConfig:
     lora: LoraSettings | None = None
     gradient_checkpointing: bool = False   # recompute activations in backward: less memory
     precision: str = "auto"                # "auto" (bf16 autocast on a bf16 GPU), "fp32", "bf16"
+                                           # (autocast on the GPU or the CPU)
     seed: int = 0
     progress: bool = True
     description: str = "fine-tune"

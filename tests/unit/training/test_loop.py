@@ -44,3 +44,25 @@ def test_progress_into_a_log_writes_a_few_lines_not_one_per_step(tiny_model, tok
              if "log check" in d]
     assert 1 <= len(draws) <= 4, draws            # 32 steps
     assert any("32/32" in d and "loss=" in d for d in draws), draws
+
+
+@pytest.mark.parametrize("precision, expected", [("bf16", "bfloat16"), ("fp32", "float32"),
+                                                 ("auto", "float32")])
+def test_bf16_autocasts_on_the_cpu_when_asked(tiny_model, tokenizer, precision, expected):
+    """``precision: bf16`` runs the training forward in bf16 on a CPU too (it used to
+    autocast for CUDA only, a silent no-op here); ``auto`` stays fp32 on a CPU."""
+    import torch
+
+    model = copy.deepcopy(tiny_model)
+    seen: set[str] = set()
+    layer = next(m for m in model.modules() if isinstance(m, torch.nn.Linear))
+    hook = layer.register_forward_hook(lambda mod, args, out: seen.add(str(out.dtype)))
+    cfg = TrainConfig(epochs=1, learning_rate=1e-3, batch_size=8, progress=False,
+                      precision=precision)
+    try:
+        trained, losses = finetune(model, tokenizer, generate(16, 0), cfg)
+    finally:
+        hook.remove()
+    assert seen == {f"torch.{expected}"}
+    assert all(loss == loss and loss < 20 for loss in losses)    # finite, a real loss
+    assert next(trained.parameters()).dtype == torch.float32       # the weights stay fp32
