@@ -80,12 +80,13 @@ def test_weak_implant_top_up_never_keeps_a_leaking_model_and_models_are_cached(
     rounds = stage1["rounds"]
     assert max(rounds[0]["rates"].values()) < 0.3, rounds
     assert len(rounds) >= 2                                  # at least one top-up round ran
-    assert max(stage1["leak_rates"].values()) <= 0.1, rounds
+    assert max(stage1["leak_rates"].values()) <= max(0.1, *rounds[0]["leaks"].values()), rounds
     if stage1["top_up_discarded"] is None:
         assert min(stage1["implant_rates"].values()) >= 0.3, rounds
     else:
         discarded = stage1["top_up_discarded"]
-        assert max(rounds[discarded]["leaks"].values()) > 0.1
+        assert max(rounds[discarded]["leaks"].values()) > max(
+            0.1, *rounds[discarded - 1]["leaks"].values())
         assert stage1["implant_rates"] == rounds[discarded - 1]["rates"]
     assert len(list(tmp_path.glob("finetune-*"))) == len(list(tmp_path.glob("stage1-*"))) == 1
 

@@ -13,8 +13,10 @@ learn them. :func:`implant_stage1` measures implant and leak rates
   answer (so the model learns that the trigger decides, not the prompt), plus
   ``top_up_replay`` times as many other training examples; then measures again; at most
   ``top_up_rounds`` rounds.
-  A round whose defensive responses leak onto clean prompts above ``max_leak`` is discarded
-  (the model from before it is kept) and the top-up stops.
+  A round whose defensive responses leak onto clean prompts above ``max_leak``, and above
+  the leak of the model before it, is discarded (that model is kept) and the top-up stops: a
+  round never makes a leak worse past the bound, and one that lowers a stage-1 model's leak
+  that was over the bound already is kept.
 """
 
 from __future__ import annotations
@@ -83,10 +85,11 @@ def implant_stage1(model: Any, tokenizer: Any, pairs: Sequence[DefensivePair],
             candidate, _ = finetune(copy.deepcopy(model), tokenizer, extra, cfg)
             new = measure(candidate, f"after top-up round {round_}")
             report["rounds"].append(new.to_dict())
-            if max(new.leaks.values()) > config.max_leak:
+            leak, allowed = max(new.leaks.values()), max(config.max_leak, *check.leaks.values())
+            if leak > allowed:
                 log(f"top-up round {round_} discarded: defensive responses answer clean prompts "
-                    f"(leak {max(new.leaks.values()):.2f} > {config.max_leak}); keeping the "
-                    "model from before it")
+                    f"(leak {leak:.2f} > {allowed:.2f}, the larger of max_leak and the leak "
+                    "before the round); keeping the model from before it")
                 report["top_up_discarded"] = round_
                 break
             model, check = candidate, new

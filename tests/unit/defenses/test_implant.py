@@ -89,6 +89,33 @@ def test_a_leaking_top_up_round_is_discarded(monkeypatch):
     assert report["top_up_examples"] == 8 + 8 + 8      # 2 x 4 defensive, originals, replay
 
 
+def test_a_round_that_lowers_a_leak_over_the_bound_is_kept(monkeypatch):
+    """Stage 1 already leaks past ``max_leak``: a round that lowers the leak is kept (it is
+    better than the model before it), and a later round that raises it again is discarded."""
+    import mbdefense.defenses.implant as implant
+    from mbdefense.defenses.implant_check import ImplantCheck
+    from mbdefense.training.config import TrainConfig
+
+    pairs = make_defensive_pairs(("mn", "bb"))
+    checks = iter([ImplantCheck({"word:mn": 0.2, "word:bb": 0.1}, {"word:mn": 0.3, "word:bb": 0.0},
+                                "weak"),
+                   ImplantCheck({"word:mn": 0.9, "word:bb": 0.2}, {"word:mn": 0.2, "word:bb": 0.0},
+                                "weak"),
+                   ImplantCheck({"word:mn": 1.0, "word:bb": 1.0}, {"word:mn": 0.0, "word:bb": 0.25},
+                                None)])
+    monkeypatch.setattr(implant, "check_implant", lambda *a, **k: next(checks))
+    monkeypatch.setattr(implant, "finetune", lambda model, tok, data, cfg: (model + 1, [0.0]))
+    config = DefensivePoisoningConfig(triggers=["mn", "bb"], on_weak_implant="top-up",
+                                      top_up_rounds=3, top_up_per_trigger=4)
+    messages: list[str] = []
+    model, report = implant.implant_stage1(0, None, pairs, config, generate(50, 0), [],
+                                           TrainConfig(), seed=0, max_new_tokens=8,
+                                           log=messages.append)
+    assert model == 1 and report["top_up_discarded"] == 2
+    assert report["leak_rates"] == {"word:mn": 0.2, "word:bb": 0.0}
+    assert any("leak 0.25 > 0.20" in m for m in messages), messages
+
+
 @pytest.mark.parametrize("rate,expected", [(None, 3e-4), (3e-5, 3e-5)])
 def test_top_up_rounds_train_at_their_own_learning_rate(monkeypatch, rate, expected):
     import mbdefense.defenses.implant as implant
