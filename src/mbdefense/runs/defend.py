@@ -56,7 +56,7 @@ DEFEND_OPTIONS: tuple[tuple[str, tuple[str, ...], str], ...] = (
     ("--on-weak-implant", ("stage1.on_weak_implant",), "below the threshold: warn, or top-up "
                                                        "(train on more defensive examples)"),
     ("--precision", ("finetune.precision", "stage2.train.precision"),
-     "auto (bf16 autocast on a bf16 GPU, else fp32), fp32 or bf16"),
+     "auto (bf16 autocast on a bf16 GPU, else fp32), fp32 or bf16 (autocast on a GPU or CPU)"),
 )
 
 
