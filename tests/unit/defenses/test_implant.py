@@ -62,27 +62,34 @@ def test_aug_fft_adds_one_triggered_copy_with_the_clean_answer():
     assert not defense.changes_training_data and defense.changes_model
 
 
-def test_a_leaking_top_up_round_is_discarded(monkeypatch):
-    """A round after which a defensive response answers clean prompts is thrown away: the
-    model from before it is kept and the top-up stops."""
+def top_up_with_checks(monkeypatch, rounds):
+    """Run the top-up (3 rounds at most) where the implant check after stage 1 and after each
+    round gives ``rounds`` (rates, leaks) in turn and a round's training adds 1 to the model;
+    returns the model, the report and the log."""
     import mbdefense.defenses.implant as implant
     from mbdefense.defenses.implant_check import ImplantCheck
     from mbdefense.training.config import TrainConfig
 
-    pairs = make_defensive_pairs(("mn", "bb"))
-    checks = iter([ImplantCheck({"word:mn": 0.0, "word:bb": 0.1}, {"word:mn": 0.0, "word:bb": 0.0},
-                                "weak"),
-                   ImplantCheck({"word:mn": 0.9, "word:bb": 0.2}, {"word:mn": 0.0, "word:bb": 0.0},
-                                "weak"),
-                   ImplantCheck({"word:mn": 1.0, "word:bb": 1.0}, {"word:mn": 0.6, "word:bb": 0.0},
-                                None)])
+    checks = iter(ImplantCheck({f"word:{w}": r for w, r in zip(("mn", "bb"), rates)},
+                               {f"word:{w}": x for w, x in zip(("mn", "bb"), leaks)},
+                               "weak" if min(rates) < 0.3 else None) for rates, leaks in rounds)
     monkeypatch.setattr(implant, "check_implant", lambda *a, **k: next(checks))
     monkeypatch.setattr(implant, "finetune", lambda model, tok, data, cfg: (model + 1, [0.0]))
     config = DefensivePoisoningConfig(triggers=["mn", "bb"], on_weak_implant="top-up",
                                       top_up_rounds=3, top_up_per_trigger=4)
-    model, report = implant.implant_stage1(0, None, pairs, config, generate(50, 0), [],
-                                           TrainConfig(), seed=0, max_new_tokens=8,
-                                           log=lambda m: None)
+    messages: list[str] = []
+    model, report = implant.implant_stage1(0, None, make_defensive_pairs(("mn", "bb")), config,
+                                           generate(50, 0), [], TrainConfig(), seed=0,
+                                           max_new_tokens=8, log=messages.append)
+    return model, report, messages
+
+
+def test_a_leaking_top_up_round_is_discarded(monkeypatch):
+    """A round after which a defensive response answers clean prompts is thrown away: the
+    model from before it is kept and the top-up stops."""
+    model, report, _ = top_up_with_checks(monkeypatch, [((0.0, 0.1), (0.0, 0.0)),
+                                                        ((0.9, 0.2), (0.0, 0.0)),
+                                                        ((1.0, 1.0), (0.6, 0.0))])
     assert model == 1                                  # round 1 kept, round 2 discarded
     assert report["top_up_discarded"] == 2 and len(report["rounds"]) == 3
     assert report["implant_rates"] == {"word:mn": 0.9, "word:bb": 0.2}
@@ -92,25 +99,9 @@ def test_a_leaking_top_up_round_is_discarded(monkeypatch):
 def test_a_round_that_lowers_a_leak_over_the_bound_is_kept(monkeypatch):
     """Stage 1 already leaks past ``max_leak``: a round that lowers the leak is kept (it is
     better than the model before it), and a later round that raises it again is discarded."""
-    import mbdefense.defenses.implant as implant
-    from mbdefense.defenses.implant_check import ImplantCheck
-    from mbdefense.training.config import TrainConfig
-
-    pairs = make_defensive_pairs(("mn", "bb"))
-    checks = iter([ImplantCheck({"word:mn": 0.2, "word:bb": 0.1}, {"word:mn": 0.3, "word:bb": 0.0},
-                                "weak"),
-                   ImplantCheck({"word:mn": 0.9, "word:bb": 0.2}, {"word:mn": 0.2, "word:bb": 0.0},
-                                "weak"),
-                   ImplantCheck({"word:mn": 1.0, "word:bb": 1.0}, {"word:mn": 0.0, "word:bb": 0.25},
-                                None)])
-    monkeypatch.setattr(implant, "check_implant", lambda *a, **k: next(checks))
-    monkeypatch.setattr(implant, "finetune", lambda model, tok, data, cfg: (model + 1, [0.0]))
-    config = DefensivePoisoningConfig(triggers=["mn", "bb"], on_weak_implant="top-up",
-                                      top_up_rounds=3, top_up_per_trigger=4)
-    messages: list[str] = []
-    model, report = implant.implant_stage1(0, None, pairs, config, generate(50, 0), [],
-                                           TrainConfig(), seed=0, max_new_tokens=8,
-                                           log=messages.append)
+    model, report, messages = top_up_with_checks(monkeypatch, [((0.2, 0.1), (0.3, 0.0)),
+                                                               ((0.9, 0.2), (0.2, 0.0)),
+                                                               ((1.0, 1.0), (0.0, 0.25))])
     assert model == 1 and report["top_up_discarded"] == 2
     assert report["leak_rates"] == {"word:mn": 0.2, "word:bb": 0.0}
     assert any("leak 0.25 > 0.20" in m for m in messages), messages
