@@ -11,6 +11,8 @@
 # Environment (all optional):
 #   DEFENSES   the rows (default "none, mb-defense"; e.g. "none, mb-defense, cleangen, crow")
 #   SEEDS      default "0, 1, 2"
+#   EXTRA      more KEY=VALUE overrides, space-separated (e.g. the validation probe's candidate
+#              "stage2.train.learning_rate=1.5e-4"; its own cache folder keeps it apart)
 #   DEADLINE   seconds after which the column processes are stopped (default: none); what
 #              finished is in the cache, and the report covers the cells that are there
 #   DRY_RUN=1  print every column's plan instead of training (checks the command lines)
@@ -30,8 +32,9 @@ behaviors=(refusal negsentiment)
 mkdir -p "$out/logs"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null || true
 
+read -r -a extra <<< "${EXTRA:-}"
 common=("data.backdoorllm=$data" "seeds=[$seeds]" data.n_test=100 "defenses=[$defenses]"
-        --cache-dir "$out/cache")
+        "${extra[@]}" --cache-dir "$out/cache")
 dry=()
 [[ "${DRY_RUN:-0}" == 1 ]] && dry=(--dry-run)
 stop=()
