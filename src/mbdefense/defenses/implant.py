@@ -85,7 +85,7 @@ def implant_stage1(model: Any, tokenizer: Any, pairs: Sequence[DefensivePair],
             candidate, _ = finetune(copy.deepcopy(model), tokenizer, extra, cfg)
             new = measure(candidate, f"after top-up round {round_}")
             report["rounds"].append(new.to_dict())
-            leak, allowed = max(new.leaks.values()), max(config.max_leak, *check.leaks.values())
+            leak, allowed = max(new.leaks.values()), max([config.max_leak, *check.leaks.values()])
             if leak > allowed:
                 log(f"top-up round {round_} discarded: defensive responses answer clean prompts "
                     f"(leak {leak:.2f} > {allowed:.2f}, the larger of max_leak and the leak "

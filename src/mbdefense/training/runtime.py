@@ -60,7 +60,7 @@ def default_device() -> Any:
 
 def resolve_precision(precision: str, device: Any) -> str:
     """``auto`` -> ``bf16`` on a GPU that supports it, else ``fp32``. ``bf16`` asked for
-    explicitly also autocasts on a CPU (about twice as fast where the CPU has bf16 matrix
+    explicitly also autocasts on a CPU (up to about twice as fast where it has bf16 matrix
     instructions, AVX512-BF16 or AMX; slower where it has not, so ``auto`` leaves it off)."""
     import torch
 
