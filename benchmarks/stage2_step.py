@@ -13,7 +13,8 @@ objective did before, in a separate forward pass over the clean sequences
 
 ``bf16-autocast`` is the response-only step under the training loop's bf16 autocast
 (``precision: bf16``) on the model's device, a CPU included; its peer is the fp32
-response-only step (about 2x faster on a CPU with AVX512-BF16 or AMX, slower without).
+response-only step (faster on a CPU with AVX512-BF16 or AMX: 1.36x on the embedded
+model, 2026-12-06; slower on a CPU without them).
 
     python benchmarks/stage2_step.py                       # smollm2-135m when installed
     python benchmarks/stage2_step.py --model embedded --threads 1
