@@ -38,3 +38,33 @@ def test_the_fallback_counts_columns_then_asr_then_answers():
                "e": [col(0.0, 0.4), col(0.003, 0.4, drop=0.07)]}
     assert " picks e: 1 of 2" in pick(columns, 0.05, 0.05)
     assert pick({}, 0.05, 0.05) == "no candidate was measured"
+
+
+def test_the_nll_bound_rules_out_a_candidate_even_in_the_fallback():
+    pick = _module().pick
+
+    def nll_col(asr, rise):
+        return {**col(asr, 0.4, drop=0.2, asr_hi=asr + 0.1), "nll_rise": rise}
+
+    # no candidate is within the rule anywhere (the CACC drop); "far" has the lowest ASR but
+    # breaks the NLL bound in one column, so the fallback takes "mid"
+    columns = {"near": [nll_col(0.20, -0.02), nll_col(0.10, -0.03)],
+               "mid": [nll_col(0.08, 0.00), nll_col(0.05, 0.04)],
+               "far": [nll_col(0.05, 0.01), nll_col(0.00, 0.11)]}
+    said = pick(columns, 0.10, 0.05, max_nll_rise=0.05)
+    assert " picks mid: " in said and "within the NLL bound everywhere" in said
+    assert " picks far: " in pick(columns, 0.10, 0.05)   # without the bound: the lowest ASR
+    # with the CACC check off, the columns within the ASR and NLL bounds count first
+    said = pick(columns, 0.20, 1.0, max_nll_rise=0.05)
+    assert said.startswith("picked on validation: mid")
+
+
+def test_columns_must_name_an_attack_and_a_behaviour(capsys):
+    import pytest
+
+    with pytest.raises(SystemExit) as raised:
+        _module().parse_args(["--columns", "ctba"])
+    assert raised.value.code == 2
+    assert "--columns ctba: expected ATTACK:BEHAVIOUR" in capsys.readouterr().err
+    args = _module().parse_args(["--columns", "ctba:refusal", "vpi:negsentiment"])
+    assert args.columns == ["ctba:refusal", "vpi:negsentiment"]
