@@ -11,7 +11,7 @@
 # Environment (all optional):
 #   DEFENSES   the rows (default "none, mb-defense"; e.g. "none, mb-defense, cleangen, crow")
 #   SEEDS      default "0, 1, 2"
-#   EXTRA      more KEY=VALUE overrides, space-separated (e.g. the validation probe's candidate
+#   EXTRA      more KEY=VALUE overrides, space-separated (e.g. a stage-2 candidate
 #              "stage2.train.learning_rate=1.5e-4"; its own cache folder keeps it apart)
 #   DEADLINE   seconds after which the column processes are stopped (default: none); what
 #              finished is in the cache, and the report covers the cells that are there
