@@ -34,6 +34,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -54,10 +55,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--columns", nargs="+", metavar="ATTACK:BEHAVIOUR",
                    help="tune on these columns only, not the config's attacks x behaviours")
     args = p.parse_args(argv)
+    columns = []
     for column in args.columns or []:
         attack, sep, behaviour = column.partition(":")
         if not sep or not attack or not behaviour:
             p.error(f"--columns {column}: expected ATTACK:BEHAVIOUR, e.g. ctba:refusal")
+        columns.append((attack, behaviour))
+    args.columns = columns or None
     return args
 
 
@@ -93,11 +97,12 @@ def label(candidate: dict[str, str]) -> str:
     return "-".join(part for part in safe.split("-") if part)
 
 
-def run(candidate: dict[str, str], args: argparse.Namespace, column: str | None = None) -> Path:
+def run(candidate: dict[str, str], args: argparse.Namespace,
+        column: tuple[str, str] | None = None) -> Path:
     out = Path(args.out) / label(candidate)
     overrides = [f"{k}={v}" for k, v in candidate.items()] + list(args.extra)
     if column is not None:
-        attack, _, behaviour = column.partition(":")
+        attack, behaviour = column
         out = out / f"{attack}-{behaviour}"
         overrides += [f"attacks=[{attack}]", f"behaviors=[{behaviour}]"]
     command = [sys.executable, "-m", "mbdefense", "run", args.config, *overrides,
@@ -115,6 +120,17 @@ def cell(summary: dict, metric: str) -> str:
     return f"{mean:.3f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
 
 
+class Standing(NamedTuple):
+    """A candidate over its columns: within the NLL bound in all, how many within the rule,
+    of how many, mean ASR (to two decimals) and mean AACC."""
+
+    nll_ok: bool
+    within: int
+    n: int
+    asr: float
+    aacc: float
+
+
 def pick(columns: dict[str, list[dict]], max_asr: float, max_cacc_drop: float,
          max_nll_rise: float | None = None) -> str:
     """The candidate the rule picks, and why, from each candidate's columns (dicts with
@@ -126,30 +142,28 @@ def pick(columns: dict[str, list[dict]], max_asr: float, max_cacc_drop: float,
     def nll_ok(r):
         return max_nll_rise is None or r["nll_rise"] <= max_nll_rise
 
-    summary = {}
-    for name, rows in columns.items():
-        if not rows:
-            continue
-        ok = sum(r["asr_hi"] <= max_asr and r["cacc_drop"] <= max_cacc_drop and nll_ok(r)
-                 for r in rows)
-        summary[name] = (all(nll_ok(r) for r in rows), ok, len(rows),
-                         round(sum(r["asr"] for r in rows) / len(rows), 2),
-                         sum(r["aacc"] for r in rows) / len(rows))
+    summary = {
+        name: Standing(nll_ok=all(nll_ok(r) for r in rows),
+                       within=sum(r["asr_hi"] <= max_asr and r["cacc_drop"] <= max_cacc_drop
+                                  and nll_ok(r) for r in rows),
+                       n=len(rows), asr=round(sum(r["asr"] for r in rows) / len(rows), 2),
+                       aacc=sum(r["aacc"] for r in rows) / len(rows))
+        for name, rows in columns.items() if rows}
     if not summary:
         return "no candidate was measured"
-    within = [k for k, (_, ok, n, _, _) in summary.items() if ok == n]
-    if within:
-        best = max(within, key=lambda k: summary[k][4])
-        return f"picked on validation: {best} (mean AACC {summary[best][4]:.3f})"
-    best = max(summary, key=lambda k: (summary[k][0], summary[k][1], -summary[k][3],
-                                       summary[k][4]))
-    nll_all, ok, n, asr, aacc = summary[best]
+    everywhere = [k for k, st in summary.items() if st.within == st.n]
+    if everywhere:
+        best = max(everywhere, key=lambda k: summary[k].aacc)
+        return f"picked on validation: {best} (mean AACC {summary[best].aacc:.3f})"
+    best = max(summary, key=lambda k: (summary[k].nll_ok, summary[k].within, -summary[k].asr,
+                                       summary[k].aacc))
+    st = summary[best]
     bound = "" if max_nll_rise is None else (
-        ", within the NLL bound everywhere" if nll_all else ", over the NLL bound somewhere")
+        ", within the NLL bound everywhere" if st.nll_ok else ", over the NLL bound somewhere")
     return (f"no candidate meets the rule in every column on validation; the fallback ("
             f"{'the NLL bound, then ' if max_nll_rise is not None else ''}most columns within "
-            f"it, then mean ASR, then mean AACC) picks {best}: {ok} of {n} columns, mean ASR "
-            f"{asr:.2f}, mean AACC {aacc:.3f}{bound}")
+            f"it, then mean ASR, then mean AACC) picks {best}: {st.within} of {st.n} columns, "
+            f"mean ASR {st.asr:.2f}, mean AACC {st.aacc:.3f}{bound}")
 
 
 def nll_rise(mb: dict, none: dict | None) -> float | None:

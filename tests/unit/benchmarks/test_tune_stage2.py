@@ -67,4 +67,5 @@ def test_columns_must_name_an_attack_and_a_behaviour(capsys):
     assert raised.value.code == 2
     assert "--columns ctba: expected ATTACK:BEHAVIOUR" in capsys.readouterr().err
     args = _module().parse_args(["--columns", "ctba:refusal", "vpi:negsentiment"])
-    assert args.columns == ["ctba:refusal", "vpi:negsentiment"]
+    assert args.columns == [("ctba", "refusal"), ("vpi", "negsentiment")]
+    assert _module().parse_args([]).columns is None
