@@ -119,3 +119,27 @@ def test_trusted_overlapping_test_is_refused_before_training(user_world, judge, 
     err = capsys.readouterr().err
     assert code == 2 and "train" in err and "trusted" in err
     assert judge.count == 0 and not (root / "o" / "results.json").exists()
+
+
+def test_a_fully_cached_run_never_loads_the_model(user_world, judge, capsys, monkeypatch):
+    """Resuming or re-reporting a finished run reads the cache only: the base model (minutes
+    to load for a real one) is resolved for its identity but never loaded."""
+    import mbdefense.modeling.loading as loading
+
+    root, model_dir = user_world
+    text = config_text(model_dir, judge.base_url).replace(
+        "[clean, none, clean-fft, mb-defense]", "[none, mb-defense]")
+    (root / "run.yaml").write_text(text)
+    loads = []
+    real = loading.load_model
+    monkeypatch.setattr(loading, "load_model", lambda *a, **k: loads.append(a) or real(*a, **k))
+    cache = root / "cache"
+    runs = []
+    for out in (root / "first", root / "again"):
+        assert main(["run", str(root / "run.yaml"), "--out", str(out), "--cache-dir",
+                     str(cache), "--quiet"]) == 0, capsys.readouterr().err
+        runs.append(json.loads((out / "results.json").read_text())["rows"])
+        if len(runs) == 1:
+            assert len(loads) == 1    # the first run trains, so it loads the model once
+    assert len(loads) == 1            # the second found every cell cached
+    assert runs[0] == runs[1] and [r["defense"] for r in runs[1]] == ["none", "mb-defense"]

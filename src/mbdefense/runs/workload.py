@@ -22,14 +22,39 @@ from mbdefense.runs.cache import model_identity
 from mbdefense.runs.spec import Experiment, ModelSpec, Settings
 
 
+class LazyBase:
+    """A base model and its tokenizer, loaded by ``load`` on first use and kept."""
+
+    def __init__(self, load: Callable[[], tuple[Any, Any]]) -> None:
+        self._load: Callable[[], tuple[Any, Any]] | None = load
+        self._pair: tuple[Any, Any] | None = None
+
+    @classmethod
+    def of(cls, model: Any, tokenizer: Any) -> "LazyBase":
+        """One already loaded."""
+        base = cls(lambda: (model, tokenizer))
+        base.get()
+        return base
+
+    @property
+    def loaded(self) -> bool:
+        return self._pair is not None
+
+    def get(self) -> tuple[Any, Any]:
+        """(model, tokenizer), loading them the first time."""
+        if self._pair is None:
+            assert self._load is not None
+            self._pair, self._load = self._load(), None
+        return self._pair
+
+
 @dataclass
 class Workload:
     """The defense-independent inputs of a comparison."""
 
     model_name: str                 # the rows' model name
     model_identity: str             # what the base is, for cache keys
-    base_model: Any
-    tokenizer: Any
+    base: LazyBase                  # the base model and tokenizer, loaded on first use
     clean_train: list[Example]      # the training set without the attack (clean reference)
     attacked_train: list[Example]   # the training set the defender received
     trusted: list[Example]          # the defender's small trusted clean set
@@ -38,6 +63,14 @@ class Workload:
     attack: str                     # trigger spec, for the rows
     behavior: Behavior
     poison_rate: float
+
+    @property
+    def base_model(self) -> Any:
+        return self.base.get()[0]
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.base.get()[1]
 
 
 ATTACK_TAGS = ("poisoned", "trigger", "behavior", "clean_output")
@@ -53,9 +86,11 @@ def strip_attack_labels(examples: Sequence[Example]) -> list[Example]:
     return out
 
 
-def load_base(model: ModelSpec, settings: Settings, *, progress: bool = True,
-              log: Callable[[str], None] = print) -> tuple[Any, Any, str]:
-    """(model, tokenizer, identity) for any model a spec can name."""
+def open_base(model: ModelSpec, settings: Settings, *, progress: bool = True,
+              log: Callable[[str], None] = print) -> tuple[LazyBase, str]:
+    """(the base, its identity for cache keys) for any model a spec can name. A named model
+    (registry, folder, ``.gguf``, hub id) is resolved now (a missing one is an error here) and
+    loaded on first use; the embedded base, small and needed for its identity, is loaded now."""
     if model.is_embedded:
         from mbdefense.runs.embedded import embedded_base
         from mbdefense.training.runtime import default_device
@@ -65,18 +100,28 @@ def load_base(model: ModelSpec, settings: Settings, *, progress: bool = True,
             import torch
 
             base = base.to(getattr(torch, model.dtype))
-        return base.to(default_device()), tokenizer, f"embedded:{path.name}"
+        return LazyBase.of(base.to(default_device()), tokenizer), f"embedded:{path.name}"
     from mbdefense.modeling.loading import load_model
     from mbdefense.modeling.registry import resolve_model
 
     source = resolve_model(model.name)
-    base, tokenizer = load_model(model.name, dtype=model.dtype,
-                                 trust_remote_code=model.trust_remote_code,
-                                 chat_template=model.chat_template, progress=progress, log=log)
     path = str(source.path) if source.kind != "hub" else None
     if source.gguf_file:
         path = f"{source.path}/{source.gguf_file}"
-    return base, tokenizer, model_identity(model.name, path)
+
+    def load() -> tuple[Any, Any]:
+        return load_model(model.name, dtype=model.dtype,
+                          trust_remote_code=model.trust_remote_code,
+                          chat_template=model.chat_template, progress=progress, log=log)
+
+    return LazyBase(load), model_identity(model.name, path)
+
+
+def load_base(model: ModelSpec, settings: Settings, *, progress: bool = True,
+              log: Callable[[str], None] = print) -> tuple[Any, Any, str]:
+    """(model, tokenizer, identity) for any model a spec can name, loaded now."""
+    base, identity = open_base(model, settings, progress=progress, log=log)
+    return (*base.get(), identity)
 
 
 def _sample(examples: list[Example], n: int, seed: int, what: str) -> list[Example]:
@@ -158,10 +203,10 @@ def build_data(experiment: Experiment) -> dict[str, Any]:
 
 
 def build_workload(experiment: Experiment, log: Callable[[str], None] = print) -> Workload:
-    """Data first (bad files fail before the model loads), then the base model."""
+    """Data first (bad files fail before the model is even resolved), then the base model,
+    loaded when a stage first needs it."""
     sets = build_data(experiment)
-    base, tokenizer, identity = load_base(experiment.model, experiment.settings,
-                                          progress=experiment.progress, log=log)
-    return Workload(model_name=experiment.model.row_name, model_identity=identity,
-                    base_model=base, tokenizer=tokenizer, poison_rate=experiment.poison_rate,
-                    **sets)
+    base, identity = open_base(experiment.model, experiment.settings,
+                               progress=experiment.progress, log=log)
+    return Workload(model_name=experiment.model.row_name, model_identity=identity, base=base,
+                    poison_rate=experiment.poison_rate, **sets)
