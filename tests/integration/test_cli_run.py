@@ -77,6 +77,28 @@ def test_grid_run_writes_results_and_reports(reference):
         assert (out / name).is_file()
 
 
+def test_rows_keep_their_per_prompt_outcomes_for_paired_comparisons(reference):
+    out, _ = reference
+    doc = json.loads((out / "results.json").read_text())
+    assert doc["schema_version"] == 4
+    for row in doc["rows"]:
+        key = "|".join([row["model"], row["attack"], row["behavior"], row["defense"],
+                        f"seed{row['seed']}"])
+        flags = doc["outcomes"][key]
+        assert set(flags) == {"cacc", "asr", "aacc", "clean_asr"}
+        assert len(flags["cacc"]) == len(flags["clean_asr"]) == row["n_clean"]
+        assert len(flags["asr"]) == len(flags["aacc"]) == row["n_triggered"]
+        for metric, text in flags.items():   # the flags are what the rates count
+            assert text.count("1") / len(text) == pytest.approx(row[metric]), (key, metric)
+    # the report compares MB-Defense with each other row on the same prompts
+    report = (out / "report.md").read_text()
+    section = report.split("## Paired comparisons", 1)[1].split("\n## ", 1)[0]
+    against_none = next(line for line in section.splitlines() if line.startswith("| none"))
+    rows = {r["defense"]: r for r in doc["rows"]}
+    asr_gap = rows["mb-defense"]["asr"] - rows["none"]["asr"]
+    assert f"{asr_gap:+.3f} [" in against_none
+
+
 def test_killed_run_resumes_without_redoing_finished_stages(env, reference):
     root, environ = env
     out = root / "resumed"

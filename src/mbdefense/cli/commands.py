@@ -164,6 +164,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         from mbdefense.reporting import write_report
 
         doc = ResultsDocument(name="eval", rows=result["rows"], samples=result["samples"],
+                              outcomes=result["outcomes"],
                               metadata=run_metadata("mbdefense eval"))
         doc.write(Path(args.out) / "results.json")
         paths = write_report([args.out], args.out)

@@ -11,6 +11,7 @@ from mbdefense.attacks.behaviors import Behavior
 from mbdefense.data.example import Example
 from mbdefense.evaluation.scorers import (BehaviorScorer, RougeLScorer, Scorer, as_scorer,
                                           reference_of)
+from mbdefense.results.paired import flags_text
 
 Correctness = Callable[[str, Example], bool]
 
@@ -31,9 +32,15 @@ class Metrics:
     judge_unparsed: int | None = None   # answers (clean + triggered) the judge gave no verdict
     judge_unparsed_share: float | None = None   # ... as a share of the answers it judged
     backends: dict[str, str] = field(default_factory=dict)   # what judged, with versions
+    # per-prompt flags behind cacc, asr, aacc and clean_asr ("0110...", in the order scored),
+    # for paired comparisons (mbdefense.results.paired); kept apart from the row's figures
+    outcomes: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The row's figures (without the per-prompt ``outcomes``)."""
+        figures = asdict(self)
+        del figures["outcomes"]
+        return figures
 
 
 def share(flags: Sequence[bool]) -> float:
@@ -102,7 +109,11 @@ def compute_metrics(clean: Sequence[Example], clean_answers: Sequence[str],
                            else mean(rouge.scores(clean_answers, clean)))
         if echo:
             metrics.echo_rouge_l = mean(rouge.scores(echo_answers(clean), clean))
+    flags = {"cacc": clean_judged.correct if clean_judged else [],
+             "aacc": trig_judged.correct if trig_judged else []}
     if detector is not None:
-        metrics.asr = share(detector.judge(triggered_answers, triggered)) if triggered else 0.0
-        metrics.clean_asr = share(detector.judge(clean_answers, clean)) if clean else 0.0
+        flags["asr"] = detector.judge(triggered_answers, triggered) if triggered else []
+        flags["clean_asr"] = detector.judge(clean_answers, clean) if clean else []
+        metrics.asr, metrics.clean_asr = share(flags["asr"]), share(flags["clean_asr"])
+    metrics.outcomes = {name: flags_text(values) for name, values in flags.items() if values}
     return metrics

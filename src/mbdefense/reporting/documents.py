@@ -3,7 +3,7 @@
 A results document (``DIR/results.json``) holds ``rows`` (one per evaluated model: ``model``,
 ``attack``, ``behavior``, ``defense``, ``cacc``, ``asr``, ``aacc``, ``n_clean``,
 ``n_triggered``, ``seed``, often more), ``samples`` (generations per cell, keyed by an opaque
-heading), ``diagnostics``, ``config``, ``versions`` and ``wall_seconds``; optionally ``name``,
+heading), ``outcomes`` (per-prompt flags per row, schema 4 on), ``diagnostics``, ``config``, ``versions`` and ``wall_seconds``; optionally ``name``,
 ``description``, ``groups`` and ``metadata`` (a mapping of strings, shown in the report's
 header). Other fields, in the document or in its rows, are kept and tolerated.
 
@@ -31,7 +31,8 @@ FRACTIONS = ("cacc", "asr", "aacc")
 OPTIONAL_FRACTIONS = ("clean_asr", "poison_rate")
 COUNTS = ("n_clean", "n_triggered")
 KEY = ("model", "attack", "behavior", "defense", "seed")
-MAPPINGS = ("samples", "diagnostics", "versions", "metadata")   # optional, objects when given
+MAPPINGS = ("samples", "outcomes", "diagnostics", "versions",
+            "metadata")   # optional, objects when given
 #: Document fields that may record the scorers' and detectors' identity or backends (any shape).
 SCORER_FIELDS = ("scorer", "scorers", "backends", "scorer_backends", "detectors")
 MAX_DEPTH = 100   # deeper nesting in any field is refused (rendering walks it recursively)
@@ -159,6 +160,18 @@ def _check_samples(samples: Mapping[str, Any], source: str) -> None:
                                 f"got {type(item).__name__}", path=source, field="samples")
 
 
+def _check_outcomes(outcomes: Mapping[str, Any], source: str) -> None:
+    for heading, flags in outcomes.items():
+        if not isinstance(flags, dict):
+            raise DataError(f"heading {_show(heading)}: expected an object of per-prompt "
+                            f"flags, got {type(flags).__name__}", path=source, field="outcomes")
+        for metric, text in flags.items():
+            if not isinstance(text, str) or set(text) - {"0", "1"}:
+                raise DataError(f"heading {_show(heading)}, {_show(metric)}: expected a string "
+                                f"of 0s and 1s, got {_show(text)}", path=source,
+                                field="outcomes")
+
+
 def validate_doc(doc: Any, source: str) -> Doc:
     """``doc`` checked as a results document (``source`` names it in errors)."""
     if not isinstance(doc, dict):
@@ -180,6 +193,7 @@ def validate_doc(doc: Any, source: str) -> Doc:
             raise DataError(f"expected an object, got {type(value).__name__}", path=source,
                             field=name)
     _check_samples(doc.get("samples") or {}, source)
+    _check_outcomes(doc.get("outcomes") or {}, source)
     return doc
 
 
@@ -239,23 +253,25 @@ def combine(docs: Sequence[Doc]) -> Combined:
     """One document from several runs.
 
     ``rows``: every run's rows; a row whose ``(model, attack, behavior, defense, seed)`` was
-    seen before replaces the earlier one (in the earlier one's place). ``samples``: merged, a
-    later heading replacing an earlier one. ``versions`` and ``metadata``: per key, the
+    seen before replaces the earlier one (in the earlier one's place). ``samples`` and
+    ``outcomes``: merged, a later heading replacing an earlier one. ``versions`` and ``metadata``: per key, the
     distinct values joined by `` / ``. ``runs``: each run's source, name, description, wall
     time, diagnostics, metadata, config, groups and scorer records. ``wall_seconds``: the
     runs' total (``None`` if none is known).
     """
     rows: dict[tuple[Any, ...], Row] = {}
     samples: dict[str, Any] = {}
+    outcomes: dict[str, Any] = {}
     for index, doc in enumerate(docs):
         validate_doc(doc, str(doc.get("source", f"document {index}"))
                      if isinstance(doc, dict) else f"document {index}")
         for row in doc["rows"]:
             rows[row_key(row)] = row
         samples.update(doc.get("samples") or {})
+        outcomes.update(doc.get("outcomes") or {})
     runs = [_run_info(doc, i) for i, doc in enumerate(docs)]
     walls = [r["wall_seconds"] for r in runs if is_number(r["wall_seconds"])]
-    return Combined(rows=list(rows.values()), samples=samples,
+    return Combined(rows=list(rows.values()), samples=samples, outcomes=outcomes,
                     versions=_merge_strings(docs, "versions"),
                     metadata=_merge_strings(docs, "metadata"), runs=runs,
                     wall_seconds=sum(walls) if walls else None)

@@ -2,7 +2,8 @@
 
 The page is assembled once (:func:`report_blocks`: header with the runs' metadata, runs, the
 headline (:mod:`mbdefense.reporting.headline`: each defense against the attacked model, with
-95% intervals), results in the paper layout with charts, all rows, diagnostics and
+95% intervals), paired comparisons (:mod:`mbdefense.reporting.paired`: MB-Defense against
+every other row, prompt by prompt, where the results keep per-prompt outcomes), results in the paper layout with charts, all rows, diagnostics and
 configuration, samples, versions) from the tables of :mod:`mbdefense.reporting.build`, then
 rendered as Markdown (:func:`markdown_report`) and HTML (:func:`html_report`);
 :func:`csv_rows` renders the table of all rows as CSV, :func:`summary_csv` the aggregates over
@@ -35,6 +36,7 @@ from mbdefense.reporting.documents import (RESULTS_FILE, Combined, as_combined, 
 from mbdefense.reporting.headline import HEADLINE_NOTE, headline_tables, run_pairs
 from mbdefense.reporting.page import (Block, Code, Figure, Figures, Heading, Items, Paragraph,
                                       Preformatted, TableBlock, page_html, page_markdown)
+from mbdefense.reporting.paired import PAIRED_NOTE, paired_tables
 from mbdefense.reporting.render import table_csv
 from mbdefense.reporting.summary import (METRICS, ModelTable, attack_title, format_cell,
                                          interval_of, is_reference, mean_of, paper_tables,
@@ -143,6 +145,16 @@ def headline_blocks(rows: Sequence[Row], colours: Mapping[str, str] | None = Non
             *(TableBlock(t) for t in tables)]
 
 
+def paired_blocks(doc: Combined, colours: Mapping[str, str] | None = None) -> list[Block]:
+    """MB-Defense against every other row of its setting, prompt by prompt (where the results
+    keep per-prompt outcomes)."""
+    tables = paired_tables(doc["rows"], doc.get("outcomes") or {}, colours)
+    if not tables:
+        return []
+    return [Heading("Paired comparisons"), Paragraph(PAIRED_NOTE, note=True),
+            *(TableBlock(t) for t in tables)]
+
+
 def _runs_blocks(doc: Combined) -> list[Block]:
     items: list[list[Any]] = [[Code(r["source"]), f"{_run_title(r)}: wall time "
                                f"{_wall_text(r['wall_seconds'])}"] for r in doc["runs"]]
@@ -181,7 +193,7 @@ def report_blocks(docs: Doc | Sequence[Doc], title: str = DEFAULT_TITLE) -> list
     colours = report_colours(doc["rows"])
     blocks: list[Block] = [Heading(title, 1), *_header_blocks(doc), *_runs_blocks(doc),
                            *headline_blocks(doc["rows"], colours),
-                           Heading("Results (paper layout)")]
+                           *paired_blocks(doc, colours), Heading("Results (paper layout)")]
     blocks += results_blocks(doc["rows"], colours)
     blocks += _diagnostics_blocks(doc) + _samples_blocks(doc["samples"])
     return blocks + _versions_blocks(doc["versions"])

@@ -1,7 +1,8 @@
 """The results document (``results.json``): one shape for every command that evaluates.
 
 ``{"schema_version", "name", "description", "rows": [...], "summary": [...], "intervals",
-"config", "versions", "metadata", "diagnostics", "samples", "groups", "wall_seconds"}``. A row
+"config", "versions", "metadata", "diagnostics", "samples", "outcomes", "groups",
+"wall_seconds"}``. A row
 is one evaluated model: ``model, attack, behavior, defense, seed, cacc, asr, aacc, clean_asr,
 clean_score, n_clean, n_triggered, ...`` (``defense`` is ``clean`` for the never-attacked
 reference and ``none`` for the attacked model undefended); fractions in [0, 1].
@@ -12,6 +13,13 @@ aggregated over seeds per (model, attack, behavior, defense) with ``seeds``, ``n
 ``interval`` (``t over seeds`` or ``wilson``), ``{metric}_mean`` / ``_std`` / ``_ci`` and
 summed ``{metric}_hits`` / ``_n``. Readers of schema 1 and 2 documents compute the same from
 the counts (:func:`mbdefense.results.intervals.with_intervals` and ``summarise``).
+
+Schema 4 adds ``outcomes``: for each row (keyed as its samples are:
+``model|attack|behavior|defense|seedN``), the per-prompt flags behind ``cacc``, ``asr``,
+``aacc`` and ``clean_asr`` as strings of ``0`` and ``1`` in the order the prompts were scored,
+so that two rows of one setting can be compared prompt by prompt
+(:mod:`mbdefense.results.paired`). A row scored before schema 4 (an older cached cell) has
+none.
 """
 
 from __future__ import annotations
@@ -26,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 #: The row of the never-attacked model: a reference, not a defense.
 CLEAN_REFERENCE = "clean"
 
@@ -70,15 +78,18 @@ class ResultsDocument:
     config: dict[str, Any] = field(default_factory=dict)
     diagnostics: dict[str, Any] = field(default_factory=dict)
     samples: dict[str, Any] = field(default_factory=dict)
+    outcomes: dict[str, dict[str, str]] = field(default_factory=dict)
     groups: list[dict[str, Any]] = field(default_factory=list)
     wall_seconds: float = 0.0
     versions: dict[str, str] = field(default_factory=versions)
     metadata: dict[str, Any] = field(default_factory=dict)
 
     def add(self, outcome: dict[str, Any], group: dict[str, Any] | None = None) -> None:
-        """One experiment's rows, samples and diagnostics (keyed by ``group`` when given)."""
+        """One experiment's rows, samples, per-prompt outcomes and diagnostics (keyed by
+        ``group`` when given)."""
         self.rows.extend(outcome["rows"])
         self.samples.update(outcome["samples"])
+        self.outcomes.update(outcome.get("outcomes", {}))
         if group is not None:
             key = "|".join(str(group[k]) for k in ("model", "attack", "behavior")) + \
                 f"|seed{group['seed']}"
@@ -100,7 +111,8 @@ class ResultsDocument:
                          "summary": summarise(self.rows), "intervals": intervals,
                          "config": self.config, "versions": self.versions,
                          "metadata": self.metadata, "diagnostics": self.diagnostics,
-                         "samples": self.samples, "groups": self.groups,
+                         "samples": self.samples, "outcomes": self.outcomes,
+                         "groups": self.groups,
                          "wall_seconds": round(self.wall_seconds, 1)})
 
     def write(self, path: str | Path) -> Path:

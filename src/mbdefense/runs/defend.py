@@ -208,4 +208,5 @@ def evaluate_saved(model: ModelSpec, settings: Settings, *, test: str,
            "seed": seed, **metrics.to_dict(), "scorer": scorer_identity(scorer)}
     if not triggered:
         row["asr"] = row["aacc"] = 0.0
-    return {"rows": [row], "samples": {f"{model.row_name}|eval": samples}}
+    key = f"{model.row_name}|eval"
+    return {"rows": [row], "samples": {key: samples}, "outcomes": {key: metrics.outcomes}}

@@ -193,18 +193,20 @@ class Lifecycle:
         stage-1 model reuses the score."""
         def compute() -> dict[str, Any]:
             metrics, samples = self.evaluate(done.stage1_model, None)
-            return {"metrics": metrics.to_dict(), "samples": samples}
+            return {"metrics": metrics.to_dict(), "samples": samples,
+                    "outcomes": metrics.outcomes}
 
         key = digest("stage1-evaluation", done.stage1_key, self.evaluation_key())
         scored, cached = self.cache.cell(key, compute)
         if cached:
             self.log("the stage-1 model's scores: finished before, loaded from the cache")
-        return Metrics(**scored["metrics"]), scored["samples"]
+        return (Metrics(**scored["metrics"], outcomes=scored.get("outcomes", {})),
+                scored["samples"])
 
     def row(self, name: str, model: Any, defense: Defense | None, seconds: float,
             out: dict[str, Any], scored: tuple[Metrics, list[dict]] | None = None) -> None:
-        """Evaluate ``model`` (unless ``scored`` already) and add its row and samples to
-        ``out``."""
+        """Evaluate ``model`` (unless ``scored`` already) and add its row, samples and
+        per-prompt outcomes to ``out``."""
         metrics, samples = scored if scored is not None else self.evaluate(model, defense)
         work = self.work
         row = {"model": work.model_name, "attack": work.attack, "behavior": work.behavior.spec,
@@ -212,8 +214,11 @@ class Lifecycle:
                "poison_rate": 0.0 if name == CLEAN_REFERENCE else work.poison_rate,
                "split": self.settings.evaluation.split, "train_seconds": round(seconds, 1)}
         out["rows"].append(row)
-        out["samples"]["|".join([work.model_name, work.attack, work.behavior.spec, name,
-                                 f"seed{self.seed}"])] = samples
+        key = "|".join([work.model_name, work.attack, work.behavior.spec, name,
+                        f"seed{self.seed}"])
+        out["samples"][key] = samples
+        if metrics.outcomes:
+            out.setdefault("outcomes", {})[key] = metrics.outcomes
         self.log(row_line(row))
 
     # ---- cells
@@ -268,7 +273,7 @@ class Lifecycle:
         ``keep_models`` also ``models`` by defense (cells are then computed, not loaded)."""
         for name in defenses:   # unknown names and bad options fail before any training
             self.make(name)
-        outcome: dict[str, Any] = {"rows": [], "samples": {}, "diagnostics": {}}
+        outcome: dict[str, Any] = {"rows": [], "samples": {}, "diagnostics": {}, "outcomes": {}}
         kept: dict[str, Any] = {}
         cells = ([("clean reference", *self.clean_cell())] if include_clean_reference else [])
         cells += [(name, *self.defense_cell(name, keep=kept if keep_models else None))
@@ -284,8 +289,9 @@ class Lifecycle:
                 self.log(f"{label}: finished before, loaded from the cache")
                 for row in out["rows"]:
                     self.log(row_line(row))
-            for part in ("samples", "diagnostics"):
-                outcome[part].update(out[part])
+            for part in ("samples", "diagnostics", "outcomes"):
+                # a cell cached before outcomes were kept has none
+                outcome[part].update(out.get(part, {}))
             outcome["rows"].extend(out["rows"])
             if on_cell is not None:
                 on_cell(label, cached)

@@ -160,7 +160,7 @@ def gather(spec: RunSpec, graph: list[Task], result: Callable[[Task], dict[str, 
                     waited.add(name)
                     log(f"{name}: {'loaded from the cache' if done['cached'] else 'trained'} "
                         f"({done['seconds']}s)")
-        outcome: dict[str, Any] = {"rows": [], "samples": {}, "diagnostics": {}}
+        outcome: dict[str, Any] = {"rows": [], "samples": {}, "diagnostics": {}, "outcomes": {}}
         scorer, seconds = None, 0.0
         cells = sorted((t for t in tasks if t.is_cell),
                        key=lambda t: t.defense != CLEAN_REFERENCE)
@@ -170,6 +170,7 @@ def gather(spec: RunSpec, graph: list[Task], result: Callable[[Task], dict[str, 
             outcome["rows"].extend(part["rows"])
             outcome["samples"].update(part["samples"])
             outcome["diagnostics"].update(part["diagnostics"])
+            outcome["outcomes"].update(part.get("outcomes", {}))
             scorer, seconds = part["scorer"], seconds + part["wall_seconds"]
             on_cell("clean reference" if task.defense == CLEAN_REFERENCE else task.defense,
                     done["cached"])

@@ -17,6 +17,9 @@ def test_metrics_over_full_sets():
                         parse_behavior("refusal"), ExactMatchScorer())
     assert (m.cacc, m.asr, m.aacc) == (0.75, 0.5, 0.5)
     assert (m.n_clean, m.n_triggered) == (4, 4)
+    # which prompts, in order, for paired comparisons; kept out of the row's figures
+    assert m.outcomes == {"cacc": "1101", "asr": "1001", "aacc": "0110", "clean_asr": "0000"}
+    assert "outcomes" not in m.to_dict()
 
 
 def test_mismatched_lengths_raise():
