@@ -3,8 +3,9 @@
 The page is assembled once (:func:`report_blocks`: header with the runs' metadata, runs, the
 headline (:mod:`mbdefense.reporting.headline`: each defense against the attacked model, with
 95% intervals), paired comparisons (:mod:`mbdefense.reporting.paired`: MB-Defense against
-every other row, prompt by prompt, where the results keep per-prompt outcomes), results in the paper layout with charts, all rows, diagnostics and
-configuration, samples, versions) from the tables of :mod:`mbdefense.reporting.build`, then
+every other row, prompt by prompt, where the results keep per-prompt outcomes), results in
+the paper layout with charts, all rows, diagnostics and configuration, samples, versions)
+from the tables of :mod:`mbdefense.reporting.build`, then
 rendered as Markdown (:func:`markdown_report`) and HTML (:func:`html_report`);
 :func:`csv_rows` renders the table of all rows as CSV, :func:`summary_csv` the aggregates over
 seeds. :func:`write_report` writes ``report.md``, ``report.html``, ``results.csv`` and
