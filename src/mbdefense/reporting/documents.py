@@ -3,9 +3,9 @@
 A results document (``DIR/results.json``) holds ``rows`` (one per evaluated model: ``model``,
 ``attack``, ``behavior``, ``defense``, ``cacc``, ``asr``, ``aacc``, ``n_clean``,
 ``n_triggered``, ``seed``, often more), ``samples`` (generations per cell, keyed by an opaque
-heading), ``outcomes`` (per-prompt flags per row, schema 4 on), ``diagnostics``, ``config``, ``versions`` and ``wall_seconds``; optionally ``name``,
-``description``, ``groups`` and ``metadata`` (a mapping of strings, shown in the report's
-header). Other fields, in the document or in its rows, are kept and tolerated.
+heading), ``outcomes`` (per-prompt flags per row, from schema 4), ``diagnostics``,
+``config``, ``versions`` and ``wall_seconds``; optionally ``name``, ``description``,
+``groups`` and ``metadata`` (a mapping of strings, shown in the report's header). Other fields, in the document or in its rows, are kept and tolerated.
 
 - :func:`load_results` reads and checks documents: whatever is wrong with a file (missing, not
   UTF-8, not JSON, nested too deeply, a field of the wrong kind) is one :class:`DataError` that
@@ -254,8 +254,8 @@ def combine(docs: Sequence[Doc]) -> Combined:
 
     ``rows``: every run's rows; a row whose ``(model, attack, behavior, defense, seed)`` was
     seen before replaces the earlier one (in the earlier one's place). ``samples`` and
-    ``outcomes``: merged, a later heading replacing an earlier one. ``versions`` and ``metadata``: per key, the
-    distinct values joined by `` / ``. ``runs``: each run's source, name, description, wall
+    ``outcomes``: merged, a later heading replacing an earlier one. ``versions`` and
+    ``metadata``: per key, the distinct values joined by `` / ``. ``runs``: each run's source, name, description, wall
     time, diagnostics, metadata, config, groups and scorer records. ``wall_seconds``: the
     runs' total (``None`` if none is known).
     """
