@@ -5,7 +5,8 @@ A results document (``DIR/results.json``) holds ``rows`` (one per evaluated mode
 ``n_triggered``, ``seed``, often more), ``samples`` (generations per cell, keyed by an opaque
 heading), ``outcomes`` (per-prompt flags per row, from schema 4), ``diagnostics``,
 ``config``, ``versions`` and ``wall_seconds``; optionally ``name``, ``description``,
-``groups`` and ``metadata`` (a mapping of strings, shown in the report's header). Other fields, in the document or in its rows, are kept and tolerated.
+``groups`` and ``metadata`` (a mapping of strings, shown in the report's header). Other
+fields, in the document or in its rows, are kept and tolerated.
 
 - :func:`load_results` reads and checks documents: whatever is wrong with a file (missing, not
   UTF-8, not JSON, nested too deeply, a field of the wrong kind) is one :class:`DataError` that
