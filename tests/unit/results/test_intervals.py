@@ -103,7 +103,8 @@ def test_the_document_carries_row_intervals_and_a_summary(tmp_path):
     doc = ResultsDocument(name="t", versions={"mbdefense": "x"})
     doc.rows = [_row(s, cacc=c) for s, c in ((0, 50), (1, 60), (2, 70))]
     data = json.loads(doc.write(tmp_path / "results.json").read_text())
-    assert data["schema_version"] == SCHEMA_VERSION == 3
+    assert data["schema_version"] == SCHEMA_VERSION == 4
+    assert data["outcomes"] == {}                          # rows given without per-prompt flags
     assert data["rows"][0]["cacc_ci"] == pytest.approx(list(wilson(50, 100)))
     assert "cacc_ci" not in doc.rows[0]                      # the rows themselves untouched
     (summary,) = data["summary"]
