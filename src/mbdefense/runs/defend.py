@@ -124,7 +124,7 @@ def defend(model: ModelSpec, settings: Settings, *, data: str, trusted: str, out
     from mbdefense.runs.cache import StageCache
     from mbdefense.runs.lifecycle import Lifecycle
     from mbdefense.runs.outputs import check_output_dir
-    from mbdefense.runs.workload import LazyBase, Workload, load_base, strip_attack_labels
+    from mbdefense.runs.workload import Workload, load_base, strip_attack_labels
     from mbdefense.training.runtime import is_main_process
 
     start = time.time()
@@ -141,7 +141,7 @@ def defend(model: ModelSpec, settings: Settings, *, data: str, trusted: str, out
         raise ConfigError(f"{trusted}: need at least 2 trusted examples")
     base, tokenizer, identity = load_base(model, settings, progress=progress, log=log)
     work = Workload(model_name=model.row_name, model_identity=identity,
-                    base=LazyBase.of(base, tokenizer), clean_train=[], attacked_train=train_set,
+                    base=lambda: (base, tokenizer), clean_train=[], attacked_train=train_set,
                     trusted=trusted_set, test_clean=[], test_triggered=[], attack="",
                     behavior=None, poison_rate=0.0)  # type: ignore[arg-type]
     lifecycle = Lifecycle(work, settings, seed, scorer=None, cache=StageCache(None, log=log),

@@ -1,14 +1,16 @@
 """The defense-independent inputs of one experiment: the base model and the data sets.
 
-:func:`load_base` loads any model a spec names (the embedded base included);
-:func:`build_workload` makes an :class:`Workload` from the embedded suite, the user's files or
-a BackdoorLLM folder. The trusted set is checked disjoint from the training and test sets, and
+:func:`load_base` loads any model a spec names (the embedded base included), :func:`open_base`
+resolves it and loads it at first use; :func:`build_workload` makes an :class:`Workload` from
+the embedded suite, the user's files or a BackdoorLLM folder, with the base loaded only when a
+stage needs it (a run whose cells are all cached never loads it). The trusted set is checked disjoint from the training and test sets, and
 a defense never sees the attack's tags: :func:`strip_attack_labels` removes them where data
 enters a defense.
 """
 
 from __future__ import annotations
 
+import functools
 import random
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
@@ -22,39 +24,13 @@ from mbdefense.runs.cache import model_identity
 from mbdefense.runs.spec import Experiment, ModelSpec, Settings
 
 
-class LazyBase:
-    """A base model and its tokenizer, loaded by ``load`` on first use and kept."""
-
-    def __init__(self, load: Callable[[], tuple[Any, Any]]) -> None:
-        self._load: Callable[[], tuple[Any, Any]] | None = load
-        self._pair: tuple[Any, Any] | None = None
-
-    @classmethod
-    def of(cls, model: Any, tokenizer: Any) -> "LazyBase":
-        """One already loaded."""
-        base = cls(lambda: (model, tokenizer))
-        base.get()
-        return base
-
-    @property
-    def loaded(self) -> bool:
-        return self._pair is not None
-
-    def get(self) -> tuple[Any, Any]:
-        """(model, tokenizer), loading them the first time."""
-        if self._pair is None:
-            assert self._load is not None
-            self._pair, self._load = self._load(), None
-        return self._pair
-
-
 @dataclass
 class Workload:
     """The defense-independent inputs of a comparison."""
 
     model_name: str                 # the rows' model name
     model_identity: str             # what the base is, for cache keys
-    base: LazyBase                  # the base model and tokenizer, loaded on first use
+    base: Callable[[], tuple[Any, Any]]   # (model, tokenizer): loaded at the first call, kept
     clean_train: list[Example]      # the training set without the attack (clean reference)
     attacked_train: list[Example]   # the training set the defender received
     trusted: list[Example]          # the defender's small trusted clean set
@@ -66,11 +42,11 @@ class Workload:
 
     @property
     def base_model(self) -> Any:
-        return self.base.get()[0]
+        return self.base()[0]
 
     @property
     def tokenizer(self) -> Any:
-        return self.base.get()[1]
+        return self.base()[1]
 
 
 ATTACK_TAGS = ("poisoned", "trigger", "behavior", "clean_output")
@@ -87,10 +63,11 @@ def strip_attack_labels(examples: Sequence[Example]) -> list[Example]:
 
 
 def open_base(model: ModelSpec, settings: Settings, *, progress: bool = True,
-              log: Callable[[str], None] = print) -> tuple[LazyBase, str]:
-    """(the base, its identity for cache keys) for any model a spec can name. A named model
-    (registry, folder, ``.gguf``, hub id) is resolved now (a missing one is an error here) and
-    loaded on first use; the embedded base, small and needed for its identity, is loaded now."""
+              log: Callable[[str], None] = print) -> tuple[Callable[[], tuple[Any, Any]], str]:
+    """(a call that gives the base model and tokenizer, their identity for cache keys) for any
+    model a spec can name. A named model (registry, folder, ``.gguf``, hub id) is resolved now
+    (a missing one is an error here) and loaded at the first call, then kept; the embedded
+    base, small and needed for its identity, is loaded now."""
     if model.is_embedded:
         from mbdefense.runs.embedded import embedded_base
         from mbdefense.training.runtime import default_device
@@ -100,7 +77,8 @@ def open_base(model: ModelSpec, settings: Settings, *, progress: bool = True,
             import torch
 
             base = base.to(getattr(torch, model.dtype))
-        return LazyBase.of(base.to(default_device()), tokenizer), f"embedded:{path.name}"
+        base = base.to(default_device())
+        return lambda: (base, tokenizer), f"embedded:{path.name}"
     from mbdefense.modeling.loading import load_model
     from mbdefense.modeling.registry import resolve_model
 
@@ -109,19 +87,20 @@ def open_base(model: ModelSpec, settings: Settings, *, progress: bool = True,
     if source.gguf_file:
         path = f"{source.path}/{source.gguf_file}"
 
+    @functools.cache
     def load() -> tuple[Any, Any]:
         return load_model(model.name, dtype=model.dtype,
                           trust_remote_code=model.trust_remote_code,
                           chat_template=model.chat_template, progress=progress, log=log)
 
-    return LazyBase(load), model_identity(model.name, path)
+    return load, model_identity(model.name, path)
 
 
 def load_base(model: ModelSpec, settings: Settings, *, progress: bool = True,
               log: Callable[[str], None] = print) -> tuple[Any, Any, str]:
     """(model, tokenizer, identity) for any model a spec can name, loaded now."""
     base, identity = open_base(model, settings, progress=progress, log=log)
-    return (*base.get(), identity)
+    return (*base(), identity)
 
 
 def _sample(examples: list[Example], n: int, seed: int, what: str) -> list[Example]:
