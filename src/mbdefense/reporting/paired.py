@@ -17,6 +17,7 @@ from mbdefense.reporting.build import flags
 from mbdefense.reporting.page import Code, Inline
 from mbdefense.reporting.summary import HIGHLIGHT_LABEL, attack_title, row_label
 from mbdefense.reporting.table import Cell, Column, Table
+from mbdefense.results.document import row_heading
 from mbdefense.results.paired import PairedDifference, compare_flags, parse_flags
 
 PAIRED_METRICS = (("cacc", "CACC"), ("asr", "ASR"), ("aacc", "AACC"))
@@ -32,9 +33,9 @@ Row = dict[str, Any]
 
 
 def outcome_key(row: Mapping[str, Any]) -> str:
-    """The key of a row's samples and outcomes: ``model|attack|behavior|defense|seedN``."""
-    return "|".join([str(row["model"]), str(row["attack"]), str(row["behavior"]),
-                     str(row["defense"]), f"seed{row['seed']}"])
+    """The key of a row's samples and outcomes."""
+    return row_heading(row["model"], row["attack"], row["behavior"], row["defense"],
+                       row["seed"])
 
 
 def _flags(outcomes: Mapping[str, Any], row: Mapping[str, Any], metric: str

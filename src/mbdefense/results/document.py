@@ -39,6 +39,25 @@ SCHEMA_VERSION = 4
 CLEAN_REFERENCE = "clean"
 
 
+def row_heading(model: str, attack: str, behavior: str, defense: str, seed: int) -> str:
+    """The key of a row's ``samples`` and ``outcomes``: ``model|attack|behavior|defense|seedN``."""
+    return "|".join([str(model), str(attack), str(behavior), str(defense), f"seed{seed}"])
+
+
+def new_outcome() -> dict[str, Any]:
+    """An empty outcome of an experiment: rows, samples and per-prompt outcomes (keyed by
+    :func:`row_heading`) and diagnostics."""
+    return {"rows": [], "samples": {}, "diagnostics": {}, "outcomes": {}}
+
+
+def merge_outcome(into: dict[str, Any], part: dict[str, Any]) -> None:
+    """Add ``part`` (a cell's outcome) to ``into``; a cell cached before per-prompt outcomes
+    were kept has none."""
+    into["rows"].extend(part["rows"])
+    for name in ("samples", "diagnostics", "outcomes"):
+        into[name].update(part.get(name, {}))
+
+
 def versions() -> dict[str, str]:
     import torch
     import transformers

@@ -19,6 +19,7 @@ from mbdefense.defenses import make_defense
 from mbdefense.defenses.base import Defense, FinetuneContext
 from mbdefense.evaluation.metrics import Metrics
 from mbdefense.evaluation.scorers import Scorer
+from mbdefense.results.document import merge_outcome, new_outcome, row_heading
 from mbdefense.runs.cache import StageCache, digest, finetune_key, fingerprint
 from mbdefense.runs.evaluate import evaluate_model, evaluation_backends, scorer_identity
 from mbdefense.runs.spec import CLEAN_REFERENCE, Settings
@@ -214,11 +215,10 @@ class Lifecycle:
                "poison_rate": 0.0 if name == CLEAN_REFERENCE else work.poison_rate,
                "split": self.settings.evaluation.split, "train_seconds": round(seconds, 1)}
         out["rows"].append(row)
-        key = "|".join([work.model_name, work.attack, work.behavior.spec, name,
-                        f"seed{self.seed}"])
+        key = row_heading(work.model_name, work.attack, work.behavior.spec, name, self.seed)
         out["samples"][key] = samples
         if metrics.outcomes:
-            out.setdefault("outcomes", {})[key] = metrics.outcomes
+            out["outcomes"][key] = metrics.outcomes
         self.log(row_line(row))
 
     # ---- cells
@@ -273,14 +273,14 @@ class Lifecycle:
         ``keep_models`` also ``models`` by defense (cells are then computed, not loaded)."""
         for name in defenses:   # unknown names and bad options fail before any training
             self.make(name)
-        outcome: dict[str, Any] = {"rows": [], "samples": {}, "diagnostics": {}, "outcomes": {}}
+        outcome = new_outcome()
         kept: dict[str, Any] = {}
         cells = ([("clean reference", *self.clean_cell())] if include_clean_reference else [])
         cells += [(name, *self.defense_cell(name, keep=kept if keep_models else None))
                   for name in defenses]
         for label, key, compute in cells:
             def document(compute: Callable[[dict[str, Any]], None] = compute) -> dict[str, Any]:
-                out: dict[str, Any] = {"rows": [], "samples": {}, "diagnostics": {}}
+                out = new_outcome()
                 compute(out)
                 return out
 
@@ -289,10 +289,7 @@ class Lifecycle:
                 self.log(f"{label}: finished before, loaded from the cache")
                 for row in out["rows"]:
                     self.log(row_line(row))
-            for part in ("samples", "diagnostics", "outcomes"):
-                # a cell cached before outcomes were kept has none
-                outcome[part].update(out.get(part, {}))
-            outcome["rows"].extend(out["rows"])
+            merge_outcome(outcome, out)
             if on_cell is not None:
                 on_cell(label, cached)
         if keep_models:

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from mbdefense.results.document import ResultsDocument
+from mbdefense.results.document import ResultsDocument, merge_outcome, new_outcome
 from mbdefense.runs.spec import CLEAN_REFERENCE, RunSpec
 
 ATTACKED, CLEAN = "attacked", "clean"
@@ -160,17 +160,14 @@ def gather(spec: RunSpec, graph: list[Task], result: Callable[[Task], dict[str, 
                     waited.add(name)
                     log(f"{name}: {'loaded from the cache' if done['cached'] else 'trained'} "
                         f"({done['seconds']}s)")
-        outcome: dict[str, Any] = {"rows": [], "samples": {}, "diagnostics": {}, "outcomes": {}}
+        outcome = new_outcome()
         scorer, seconds = None, 0.0
         cells = sorted((t for t in tasks if t.is_cell),
                        key=lambda t: t.defense != CLEAN_REFERENCE)
         for task in cells:
             done = result(task)
             part = done["outcome"]
-            outcome["rows"].extend(part["rows"])
-            outcome["samples"].update(part["samples"])
-            outcome["diagnostics"].update(part["diagnostics"])
-            outcome["outcomes"].update(part.get("outcomes", {}))
+            merge_outcome(outcome, part)
             scorer, seconds = part["scorer"], seconds + part["wall_seconds"]
             on_cell("clean reference" if task.defense == CLEAN_REFERENCE else task.defense,
                     done["cached"])
