@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from mbdefense.core.errors import DataError
+from mbdefense.results.paired import is_flags_text
 
 RESULTS_FILE = "results.json"
 REQUIRED = ("model", "attack", "behavior", "defense", "cacc", "asr", "aacc", "n_clean",
@@ -167,7 +168,7 @@ def _check_outcomes(outcomes: Mapping[str, Any], source: str) -> None:
             raise DataError(f"heading {_show(heading)}: expected an object of per-prompt "
                             f"flags, got {type(flags).__name__}", path=source, field="outcomes")
         for metric, text in flags.items():
-            if not isinstance(text, str) or set(text) - {"0", "1"}:
+            if not is_flags_text(text):
                 raise DataError(f"heading {_show(heading)}, {_show(metric)}: expected a string "
                                 f"of 0s and 1s, got {_show(text)}", path=source,
                                 field="outcomes")

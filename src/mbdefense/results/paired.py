@@ -32,9 +32,14 @@ def flags_text(flags: Iterable[bool]) -> str:
     return "".join("1" if flag else "0" for flag in flags)
 
 
+def is_flags_text(value: object) -> bool:
+    """Whether ``value`` is a string of ``0`` and ``1``."""
+    return isinstance(value, str) and not set(value) - {"0", "1"}
+
+
 def parse_flags(text: str) -> list[bool]:
     """The flags of :func:`flags_text`; anything but ``0`` and ``1`` is an error."""
-    if set(text) - {"0", "1"}:
+    if not is_flags_text(text):
         raise ValueError(f"per-prompt outcomes must be 0s and 1s, got {text[:20]!r}")
     return [c == "1" for c in text]
 
