@@ -14,12 +14,22 @@ only when MB-Defense's reference NLL is at most that much above the attacked mod
 candidate that breaks this bound in any column ranks after every one that does not, fallback
 included. --max-cacc-drop 1 turns the CACC check off.
 
+With --incumbent LABEL (the setting in use, e.g. margin12) the question is whether to change
+it: a challenger replaces the incumbent only when it is within the rule in every column and
+fewer triggered prompts keep the backdoor, pooled over every column and seed, by a paired
+difference (prompt by prompt, Newcombe's 95% interval) that ends below 0; of several, the
+largest reduction. One leak less on one column is noise and keeps the incumbent. An incumbent
+outside the rule somewhere gets no such protection: the rule above decides. This needs the
+per-prompt outcomes every run now keeps (results.json schema 4).
+
     python benchmarks/tune_stage2.py
     python benchmarks/tune_stage2.py --grid stage2.margin=5,8 stage2.repair_epochs=0,2
     python benchmarks/tune_stage2.py --cache-dir runs/table1/cache --extra seeds=[0,1]
     python benchmarks/tune_stage2.py --config configs/tune-stage2-smollm2.yaml \
         --grid stage2.train.learning_rate=1e-4,1.5e-4 --columns ctba:refusal vpi:negsentiment \
         --max-asr 0.10 --max-cacc-drop 1 --max-nll-rise 0.05 --cache-dir runs/smollm2-cache
+    python benchmarks/tune_stage2.py --grid stage2.margin=12,16 --incumbent margin12 \
+        --extra "seeds=[0,1,2]" --cache-dir runs/table1/cache
 
 Candidates are the product of the --grid axes (KEY=V1,V2,...: any run setting). The columns
 are the config's attacks x behaviours, or with --columns ATTACK:BEHAVIOUR ... exactly those
@@ -35,6 +45,8 @@ import subprocess
 import sys
 from pathlib import Path
 from typing import NamedTuple
+
+from mbdefense.results.paired import PairedDifference, compare_flags, parse_flags
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -54,6 +66,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "reference NLL above the attacked model's (needs evaluation.reference_nll)")
     p.add_argument("--columns", nargs="+", metavar="ATTACK:BEHAVIOUR",
                    help="tune on these columns only, not the config's attacks x behaviours")
+    p.add_argument("--incumbent", metavar="LABEL", help="the candidate in use (its folder "
+                   "name, e.g. margin12): another replaces it only when it leaks on fewer "
+                   "triggered prompts, pooled over columns and seeds, by a paired interval "
+                   "below 0")
     args = p.parse_args(argv)
     columns = []
     for column in args.columns or []:
@@ -131,24 +147,30 @@ class Standing(NamedTuple):
     aacc: float
 
 
-def pick(columns: dict[str, list[dict]], max_asr: float, max_cacc_drop: float,
-         max_nll_rise: float | None = None) -> str:
-    """The candidate the rule picks, and why, from each candidate's columns (dicts with
-    ``asr_hi``, ``asr``, ``cacc_drop``, ``aacc`` and, for --max-nll-rise, ``nll_rise``): the
-    highest mean AACC among those within the rule in every column; else the most columns
-    within it, then the lowest mean ASR (to two decimals: one prompt's difference does not
-    outweigh the answers), then mean AACC. A candidate over --max-nll-rise in any column
-    ranks after every one that is not."""
+def standings(columns: dict[str, list[dict]], max_asr: float, max_cacc_drop: float,
+              max_nll_rise: float | None = None) -> dict[str, Standing]:
+    """Each measured candidate's :class:`Standing` from its columns (dicts with ``asr_hi``,
+    ``asr``, ``cacc_drop``, ``aacc`` and, for --max-nll-rise, ``nll_rise``)."""
     def nll_ok(r):
         return max_nll_rise is None or r["nll_rise"] <= max_nll_rise
 
-    summary = {
+    return {
         name: Standing(nll_ok=all(nll_ok(r) for r in rows),
                        within=sum(r["asr_hi"] <= max_asr and r["cacc_drop"] <= max_cacc_drop
                                   and nll_ok(r) for r in rows),
                        n=len(rows), asr=round(sum(r["asr"] for r in rows) / len(rows), 2),
                        aacc=sum(r["aacc"] for r in rows) / len(rows))
         for name, rows in columns.items() if rows}
+
+
+def pick(columns: dict[str, list[dict]], max_asr: float, max_cacc_drop: float,
+         max_nll_rise: float | None = None) -> str:
+    """The candidate the rule picks, and why, from each candidate's columns (see
+    :func:`standings`): the highest mean AACC among those within the rule in every column;
+    else the most columns within it, then the lowest mean ASR (to two decimals: one prompt's
+    difference does not outweigh the answers), then mean AACC. A candidate over
+    --max-nll-rise in any column ranks after every one that is not."""
+    summary = standings(columns, max_asr, max_cacc_drop, max_nll_rise)
     if not summary:
         return "no candidate was measured"
     everywhere = [k for k, st in summary.items() if st.within == st.n]
@@ -166,6 +188,52 @@ def pick(columns: dict[str, list[dict]], max_asr: float, max_cacc_drop: float,
             f"mean ASR {st.asr:.2f}, mean AACC {st.aacc:.3f}{bound}")
 
 
+def pooled_asr_difference(challenger: dict[tuple, str], incumbent: dict[tuple, str]
+                          ) -> PairedDifference:
+    """Challenger minus incumbent in ASR over the same triggered prompts, pooled over every
+    (column, seed) both have; their per-prompt flags keyed alike."""
+    if set(challenger) != set(incumbent):
+        missing = sorted(set(challenger) ^ set(incumbent))
+        raise SystemExit(f"--incumbent: the candidates' per-prompt outcomes cover different "
+                         f"runs (e.g. {'|'.join(map(str, missing[0]))}); a run cached before "
+                         f"outcomes were kept has none: score it again in a fresh cache")
+    return compare_flags([(parse_flags(challenger[k]), parse_flags(incumbent[k]))
+                          for k in sorted(challenger)])
+
+
+def challenge(incumbent: str, columns: dict[str, list[dict]], flags: dict[str, dict[tuple, str]],
+              max_asr: float, max_cacc_drop: float, max_nll_rise: float | None = None
+              ) -> tuple[str, list[str]]:
+    """Keep the incumbent or replace it (the --incumbent rule in the module's docstring):
+    the verdict, and a line per challenger with its paired ASR difference."""
+    summary = standings(columns, max_asr, max_cacc_drop, max_nll_rise)
+    if incumbent not in summary:
+        raise SystemExit(f"--incumbent {incumbent}: not a candidate of the grid "
+                         f"(candidates: {', '.join(summary) or 'none'})")
+    if summary[incumbent].within < summary[incumbent].n:
+        return (f"the incumbent {incumbent} is outside the rule in "
+                f"{summary[incumbent].n - summary[incumbent].within} column(s), so the rule "
+                f"decides: " + pick(columns, max_asr, max_cacc_drop, max_nll_rise)), []
+    lines, better = [], []
+    for name, st in summary.items():
+        if name == incumbent:
+            continue
+        diff = pooled_asr_difference(flags.get(name, {}), flags.get(incumbent, {}))
+        within = st.within == st.n
+        lines.append(f"{name} - {incumbent}, ASR pooled over {diff.n} triggered prompts: "
+                     f"{diff.difference:+.4f} [{diff.low:+.4f}, {diff.high:+.4f}], McNemar p "
+                     f"{diff.p_value:.3g} ({diff.only_a} prompts leak only under {name}, "
+                     f"{diff.only_b} only under {incumbent}); within the rule in {st.within} "
+                     f"of {st.n} columns")
+        if within and diff.high < 0:
+            better.append((diff.difference, -st.aacc, name))
+    if not better:
+        return (f"keeps {incumbent}: no candidate within the rule everywhere leaks on fewer "
+                f"triggered prompts by an interval below 0"), lines
+    name = min(better)[2]
+    return f"picked on validation: {name} replaces {incumbent} (fewer leaks, pooled)", lines
+
+
 def nll_rise(mb: dict, none: dict | None) -> float | None:
     """MB-Defense's reference NLL above the attacked model's; None when either is missing."""
     if none is None or mb.get("reference_nll_mean") is None:
@@ -173,14 +241,27 @@ def nll_rise(mb: dict, none: dict | None) -> float | None:
     return mb["reference_nll_mean"] - none["reference_nll_mean"]
 
 
+def defense_flags(doc: dict, defense: str = "mb-defense") -> dict[tuple, str]:
+    """``defense``'s per-prompt ASR flags in a results document, keyed by (model, attack,
+    behaviour, seed heading); none from a document without outcomes."""
+    found = {}
+    for heading, outcome in (doc.get("outcomes") or {}).items():
+        front, behavior, row_defense, seed = heading.rsplit("|", 3)
+        model, _, attack = front.partition("|")
+        if row_defense == defense and outcome.get("asr"):
+            found[(model, attack, behavior, seed)] = outcome["asr"]
+    return found
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
-    table, columns = [], {}
+    table, columns, flags = [], {}, {}
     for candidate in candidates(args):
         by = {}
         for column in args.columns or [None]:
             doc = json.loads(run(candidate, args, column).read_text())
             by.update({(s["attack"], s["behavior"], s["defense"]): s for s in doc["summary"]})
+            flags.setdefault(label(candidate), {}).update(defense_flags(doc))
         rows = columns.setdefault(label(candidate), [])
         for attack, behavior in sorted({(a, b) for a, b, _ in by}):
             mb, none = by.get((attack, behavior, "mb-defense")), by.get((attack, behavior, "none"))
@@ -202,7 +283,12 @@ def main(argv=None) -> int:
     widths = [max(len(str(r[i])) for r in [header, *table]) for i in range(len(header))]
     for line in [header, *table]:
         print("  ".join(str(v).ljust(w) for v, w in zip(line, widths)))
-    print("\n" + pick(columns, args.max_asr, args.max_cacc_drop, args.max_nll_rise))
+    if args.incumbent is None:
+        print("\n" + pick(columns, args.max_asr, args.max_cacc_drop, args.max_nll_rise))
+        return 0
+    verdict, lines = challenge(args.incumbent, columns, flags, args.max_asr,
+                               args.max_cacc_drop, args.max_nll_rise)
+    print("\n" + "\n".join([*lines, verdict]))
     return 0
 
 

@@ -69,3 +69,63 @@ def test_columns_must_name_an_attack_and_a_behaviour(capsys):
     args = _module().parse_args(["--columns", "ctba:refusal", "vpi:negsentiment"])
     assert args.columns == [("ctba", "refusal"), ("vpi", "negsentiment")]
     assert _module().parse_args([]).columns is None
+
+
+def _flags(leaks: int, n: int = 100) -> str:
+    return "1" * leaks + "0" * (n - leaks)
+
+
+def test_an_incumbent_is_replaced_only_by_fewer_leaks_beyond_noise():
+    challenge = _module().challenge
+    columns = {"margin12": [col(0.0, 0.4), col(0.02, 0.3)],
+               "margin16": [col(0.0, 0.3), col(0.0, 0.3)],
+               "margin20": [col(0.0, 0.5), col(0.0, 0.5, drop=0.09)]}
+    runs = [("m", "badnet", "toxic", "seed0"), ("m", "style", "toxic", "seed1")]
+
+    def flags(first, second):
+        return dict(zip(runs, [_flags(first), _flags(second)]))
+
+    # one leak less in all: noise, the incumbent stays (even though margin16 is within the
+    # rule everywhere, and the plain rule would weigh answers)
+    verdict, lines = challenge("margin12", columns, {"margin12": flags(0, 1),
+                                                     "margin16": flags(0, 0),
+                                                     "margin20": flags(0, 0)}, 0.05, 0.05)
+    assert verdict.startswith("keeps margin12")
+    assert any(line.startswith("margin16 - margin12, ASR pooled over 200 triggered prompts: "
+                               "-0.0050") for line in lines)
+    # twelve leaks fewer, pooled over both columns: margin16 replaces it; margin20 has fewer
+    # still but is outside the rule (its CACC drop)
+    verdict, _ = challenge("margin12", columns, {"margin12": flags(4, 8),
+                                                 "margin16": flags(0, 0),
+                                                 "margin20": flags(0, 0)}, 0.05, 0.05)
+    assert verdict == "picked on validation: margin16 replaces margin12 (fewer leaks, pooled)"
+
+
+def test_an_incumbent_outside_the_rule_gets_no_protection():
+    challenge = _module().challenge
+    columns = {"margin8": [col(0.0, 0.4), col(0.2, 0.3)],
+               "margin12": [col(0.0, 0.3), col(0.0, 0.3)]}
+    verdict, lines = challenge("margin8", columns, {}, 0.05, 0.05)
+    assert verdict.endswith("the rule decides: picked on validation: margin12 (mean AACC 0.300)")
+    assert lines == []
+
+
+def test_the_incumbent_rule_needs_comparable_outcomes():
+    import pytest
+
+    module = _module()
+    columns = {"a": [col(0.0, 0.4)], "b": [col(0.0, 0.4)]}
+    run = ("m", "badnet", "toxic", "seed0")
+    with pytest.raises(SystemExit, match="--incumbent c: not a candidate"):
+        module.challenge("c", columns, {}, 0.05, 0.05)
+    # b was cached before per-prompt outcomes were kept: no pairing, a clear stop
+    with pytest.raises(SystemExit, match="cover different runs"):
+        module.challenge("a", columns, {"a": {run: _flags(1)}, "b": {}}, 0.05, 0.05)
+
+
+def test_a_documents_defense_flags_are_keyed_by_run():
+    doc = {"outcomes": {"m|word:a|b|toxic|mb-defense|seed1": {"asr": "0110", "cacc": "1"},
+                        "m|badnet|toxic|none|seed1": {"asr": "1111"},
+                        "m|badnet|toxic|mb-defense|seed2": {"asr": ""}}}
+    assert _module().defense_flags(doc) == {("m", "word:a|b", "toxic", "seed1"): "0110"}
+    assert _module().defense_flags({"summary": []}) == {}
