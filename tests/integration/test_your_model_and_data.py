@@ -143,3 +143,42 @@ def test_a_fully_cached_run_never_loads_the_model(user_world, judge, capsys, mon
             assert len(loads) == 1    # the first run trains, so it loads the model once
     assert len(loads) == 1            # the second found every cell cached
     assert runs[0] == runs[1] and [r["defense"] for r in runs[1]] == ["none", "mb-defense"]
+
+
+def test_rescore_scores_every_cell_again_with_the_trained_models(user_world, judge, capsys):
+    """A cell cached by an older version (here: its per-prompt outcomes taken out) is scored
+    again with --rescore, from the cache's fine-tuned and stage-1 models: nothing is trained
+    again but stage 2, and the rows come out as before."""
+    root, model_dir = user_world
+    text = config_text(model_dir, judge.base_url).replace(
+        "[clean, none, clean-fft, mb-defense]", "[none, mb-defense]")
+    (root / "run.yaml").write_text(text)
+    cache = root / "cache"
+    command = ["run", str(root / "run.yaml"), "--cache-dir", str(cache)]
+    assert main([*command, "--out", str(root / "first"), "--quiet"]) == 0
+    first = json.loads((root / "first" / "results.json").read_text())
+    models = sorted(p.name for p in cache.iterdir() if p.is_dir())
+    cells = sorted((cache / "cells").glob("*.json"))
+    for path in cells:               # as an older version wrote them
+        doc = json.loads(path.read_text())
+        doc.pop("outcomes", None)
+        path.write_text(json.dumps(doc))
+    capsys.readouterr()
+    assert main([*command, "--out", str(root / "plain")]) == 0
+    plain = json.loads((root / "plain" / "results.json").read_text())
+    assert "(cached)" in capsys.readouterr().err and plain["outcomes"] == {}
+
+    assert main([*command, "--out", str(root / "again"), "--rescore"]) == 0
+    printed = capsys.readouterr()
+    again = json.loads((root / "again" / "results.json").read_text())
+    assert "(cached)" not in printed.err, printed.err
+    assert "loading the mb-defense stage-1 model from" in printed.err
+    assert sorted(p.name for p in cache.iterdir() if p.is_dir()) == models
+    def scores(rows):
+        return [{k: v for k, v in r.items() if k != "train_seconds"} for r in rows]
+
+    assert scores(again["rows"]) == scores(first["rows"])
+    assert again["outcomes"] == first["outcomes"]
+    assert set(again["outcomes"]) == {f"{r['model']}|word:cf|refusal|{r['defense']}|seed0"
+                                      for r in again["rows"]}
+    assert all("outcomes" in json.loads(p.read_text()) for p in cells)

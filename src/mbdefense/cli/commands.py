@@ -181,6 +181,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.generator:
         overrides.append(f"generation.backend={args.generator}")
     spec = load_run_spec(args.config, overrides)
+    spec.rescore = args.rescore
     executor = _executor(args)
     print(describe(spec))
     if executor.name != "local":

@@ -188,6 +188,10 @@ def build_parser() -> argparse.ArgumentParser:
                           "may share one")
     run.add_argument("--dry-run", action="store_true",
                      help="validate the config and print the plan; train nothing")
+    run.add_argument("--rescore", action="store_true",
+                     help="score every cell again, reusing the cache's trained models (e.g. "
+                          "for the per-prompt outcomes a cell cached by an older version "
+                          "lacks); a resumed --rescore run scores its finished cells again")
     run.add_argument("--generator", choices=["plain", "vllm"], default=None,
                      help="evaluation backend (same as generation.backend=...)")
     _executor_options(run)

@@ -45,11 +45,16 @@ def finetune_key(model_identity: str, examples: Sequence[Example], config: Any) 
 
 
 class StageCache:
-    """Finished stages under ``root`` (``None``: keep nothing, build every time)."""
+    """Finished stages under ``root`` (``None``: keep nothing, build every time). With
+    ``rescore`` every cell is computed again (and saved over its entry) while the trained
+    models are still reused: a cell cached by an older version lacks what a newer one
+    records, e.g. per-prompt outcomes."""
 
-    def __init__(self, root: str | Path | None, log: Callable[[str], None] = print) -> None:
+    def __init__(self, root: str | Path | None, log: Callable[[str], None] = print,
+                 rescore: bool = False) -> None:
         self.root = Path(root) if root is not None else None
         self.log = log
+        self.rescore = rescore
         if self.root is not None:
             (self.root / "locks").mkdir(parents=True, exist_ok=True)   # marks a run's cache
             self._clean_stale()
@@ -121,7 +126,7 @@ class StageCache:
             return jsonable(compute()), False
         saved = self.root / "cells" / f"{key}.json"
         with self._lock(f"cell-{key}"):
-            if reuse and saved.is_file():
+            if reuse and not self.rescore and saved.is_file():
                 try:
                     return json.loads(saved.read_text()), True
                 except (OSError, ValueError):

@@ -32,7 +32,7 @@ def run_experiment(experiment: Experiment, *, log: Callable[[str], None] = print
     start = time.time()
     check_experiment(experiment)
     work = build_workload(experiment, log=log)
-    cache = StageCache(experiment.cache_dir, log=log)
+    cache = StageCache(experiment.cache_dir, log=log, rescore=experiment.rescore)
     scorer = make_scorer(experiment.settings.evaluation, cache_dir=experiment.cache_dir,
                          progress=experiment.progress)
     lifecycle = Lifecycle(work, experiment.settings, experiment.seed, scorer=scorer,

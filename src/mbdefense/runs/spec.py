@@ -242,6 +242,7 @@ class Experiment:
     include_clean_reference: bool = True
     progress: bool = True
     cache_dir: str | None = None         # keep finished stages here, keyed by their inputs
+    rescore: bool = False                # score every cell again; reuse the trained models
 
 
 @dataclass
@@ -260,6 +261,7 @@ class RunSpec:
     overrides: dict[str, Any] = field(default_factory=dict)   # settings laid over the presets
     source: str = "<config>"
     resolved: dict[str, Settings] = field(default_factory=dict, repr=False)
+    rescore: bool = False        # ``run --rescore``: how this run uses the cache, not a setting
 
     def settings(self, model: ModelSpec) -> Settings:
         return self.resolved[model.name]
@@ -280,4 +282,4 @@ class RunSpec:
             behavior=behavior, seed=seed, poison_rate=self.poison_rate,
             defenses=[d for d in self.defenses if d != CLEAN_REFERENCE],
             include_clean_reference=CLEAN_REFERENCE in self.defenses, progress=progress,
-            cache_dir=cache_dir)
+            cache_dir=cache_dir, rescore=self.rescore)
