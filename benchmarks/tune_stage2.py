@@ -73,7 +73,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     columns = []
     for column in args.columns or []:
-        attack, sep, behaviour = column.partition(":")
+        attack, sep, behaviour = column.rpartition(":")   # attacks may hold ':' (word:cf)
         if not sep or not attack or not behaviour:
             p.error(f"--columns {column}: expected ATTACK:BEHAVIOUR, e.g. ctba:refusal")
         columns.append((attack, behaviour))
@@ -108,7 +108,11 @@ def candidates(args: argparse.Namespace) -> list[dict[str, str]]:
 def label(candidate: dict[str, str]) -> str:
     """A folder name for the candidate: its last key parts and values, e.g. margin8 or
     lora-r-16-alpha-32 (anything but letters, digits, '.' and '_' becomes '-')."""
-    text = "-".join(f"{k.split('.')[-1]}{v}" for k, v in candidate.items())
+    return safe_name("-".join(f"{k.split('.')[-1]}{v}" for k, v in candidate.items()))
+
+
+def safe_name(text: str) -> str:
+    """``text`` as a folder name: anything but letters, digits, '.' and '_' becomes '-'."""
     safe = "".join(c if c.isalnum() or c in "._" else "-" for c in text)
     return "-".join(part for part in safe.split("-") if part)
 
@@ -119,8 +123,8 @@ def run(candidate: dict[str, str], args: argparse.Namespace,
     overrides = [f"{k}={v}" for k, v in candidate.items()] + list(args.extra)
     if column is not None:
         attack, behaviour = column
-        out = out / f"{attack}-{behaviour}"
-        overrides += [f"attacks=[{attack}]", f"behaviors=[{behaviour}]"]
+        out = out / safe_name(f"{attack}-{behaviour}")
+        overrides += [f"attacks=[{json.dumps(attack)}]", f"behaviors=[{behaviour}]"]
     command = [sys.executable, "-m", "mbdefense", "run", args.config, *overrides,
                "--out", str(out), "--cache-dir", args.cache_dir or str(Path(args.out) / "cache"),
                "--force"]

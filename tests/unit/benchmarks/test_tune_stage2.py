@@ -66,8 +66,8 @@ def test_columns_must_name_an_attack_and_a_behaviour(capsys):
         _module().parse_args(["--columns", "ctba"])
     assert raised.value.code == 2
     assert "--columns ctba: expected ATTACK:BEHAVIOUR" in capsys.readouterr().err
-    args = _module().parse_args(["--columns", "ctba:refusal", "vpi:negsentiment"])
-    assert args.columns == [("ctba", "refusal"), ("vpi", "negsentiment")]
+    args = _module().parse_args(["--columns", "ctba:refusal", "style:biblical:toxic"])
+    assert args.columns == [("ctba", "refusal"), ("style:biblical", "toxic")]
     assert _module().parse_args([]).columns is None
 
 
@@ -129,3 +129,13 @@ def test_a_documents_defense_flags_are_keyed_by_run():
                         "m|badnet|toxic|mb-defense|seed2": {"asr": ""}}}
     assert _module().defense_flags(doc) == {("m", "word:a|b", "toxic", "seed1"): "0110"}
     assert _module().defense_flags({"summary": []}) == {}
+
+
+def test_a_column_run_names_its_attack_in_yaml_and_a_safe_folder(tmp_path, monkeypatch):
+    module = _module()
+    commands = []
+    monkeypatch.setattr(module.subprocess, "run", lambda command, check: commands.append(command))
+    args = module.parse_args(["--out", str(tmp_path), "--columns", "style:biblical:toxic"])
+    path = module.run({"stage2.margin": "16"}, args, args.columns[0])
+    assert path == tmp_path / "margin16" / "style-biblical-toxic" / "results.json"
+    assert 'attacks=["style:biblical"]' in commands[0] and "behaviors=[toxic]" in commands[0]
