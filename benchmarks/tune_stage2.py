@@ -70,6 +70,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "name, e.g. margin12): another replaces it only when it leaks on fewer "
                    "triggered prompts, pooled over columns and seeds, by a paired interval "
                    "below 0")
+    p.add_argument("--rescore", action="store_true", help="score every cell again (mbdefense "
+                   "run --rescore), e.g. for the outcomes --incumbent needs")
     args = p.parse_args(argv)
     columns = []
     for column in args.columns or []:
@@ -127,7 +129,7 @@ def run(candidate: dict[str, str], args: argparse.Namespace,
         overrides += [f"attacks=[{json.dumps(attack)}]", f"behaviors=[{behaviour}]"]
     command = [sys.executable, "-m", "mbdefense", "run", args.config, *overrides,
                "--out", str(out), "--cache-dir", args.cache_dir or str(Path(args.out) / "cache"),
-               "--force"]
+               "--force"] + (["--rescore"] if args.rescore else [])
     print("$ " + " ".join(command[2:]), flush=True)
     subprocess.run(command, check=True)
     return out / "results.json"
@@ -199,8 +201,8 @@ def pooled_asr_difference(challenger: dict[tuple, str], incumbent: dict[tuple, s
     if set(challenger) != set(incumbent):
         missing = sorted(set(challenger) ^ set(incumbent))
         raise SystemExit(f"--incumbent: the candidates' per-prompt outcomes cover different "
-                         f"runs (e.g. {'|'.join(map(str, missing[0]))}); a run cached before "
-                         f"outcomes were kept has none: score it again in a fresh cache")
+                         f"runs (e.g. {'|'.join(map(str, missing[0]))}); a cell cached before "
+                         f"outcomes were kept has none: run again with --rescore")
     return compare_flags([(parse_flags(challenger[k]), parse_flags(incumbent[k]))
                           for k in sorted(challenger)])
 
