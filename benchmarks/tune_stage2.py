@@ -31,7 +31,8 @@ per-prompt outcomes every run now keeps (results.json schema 4).
     python benchmarks/tune_stage2.py --grid stage2.margin=12,16 --incumbent margin12 \
         --extra "seeds=[0,1,2]" --cache-dir runs/table1/cache
 
-Candidates are the product of the --grid axes (KEY=V1,V2,...: any run setting). The columns
+Candidates are the product of the --grid axes (KEY=V1,V2,...: any run setting), and one per
+--candidate KEY=VALUE ... (settings that are no product: margin 16 with anchor 3). The columns
 are the config's attacks x behaviours, or with --columns ATTACK:BEHAVIOUR ... exactly those
 (one run per candidate and column).
 """
@@ -49,14 +50,18 @@ from typing import NamedTuple
 from mbdefense.results.paired import PairedDifference, compare_flags, parse_flags
 
 ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_GRID = ["stage2.margin=0,2,5", "stage2.triggered_ce=0,1"]
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", default=str(ROOT / "configs" / "tune-stage2.yaml"))
     p.add_argument("--out", default="runs/tune-stage2", help="one folder per candidate here")
-    p.add_argument("--grid", nargs="+", default=["stage2.margin=0,2,5", "stage2.triggered_ce=0,1"],
-                   metavar="KEY=V1,V2", help="one axis per argument; candidates: their product")
+    p.add_argument("--grid", nargs="+", metavar="KEY=V1,V2",
+                   help="one axis per argument; candidates: their product (default, without "
+                        f"--candidate: {' '.join(DEFAULT_GRID)})")
+    p.add_argument("--candidate", nargs="+", action="append", default=[], metavar="KEY=VALUE",
+                   help="one more candidate, beside the grid's (repeatable)")
     p.add_argument("--cache-dir", help="the stage cache (default: OUT/cache); share one with a "
                    "run of the same settings, e.g. Table 1's, to reuse its models")
     p.add_argument("--extra", nargs="*", default=[], help="more KEY=VALUE overrides for all")
@@ -98,13 +103,21 @@ def top_level_split(values: str) -> list[str]:
 
 
 def candidates(args: argparse.Namespace) -> list[dict[str, str]]:
+    """The product of the --grid axes, then each --candidate."""
+    grid = args.grid if args.grid is not None else ([] if args.candidate else DEFAULT_GRID)
     axes = []
-    for axis in args.grid:
+    for axis in grid:
         key, sep, values = axis.partition("=")
         if not sep or not key or not values:
             raise SystemExit(f"--grid {axis}: expected KEY=V1,V2,...")
         axes.append([(key, v) for v in top_level_split(values)])
-    return [dict(choice) for choice in itertools.product(*axes)]
+    found = [dict(choice) for choice in itertools.product(*axes)] if axes else []
+    for settings in args.candidate:
+        pairs = [item.partition("=") for item in settings]
+        if any(not sep or not key or not value for key, sep, value in pairs):
+            raise SystemExit(f"--candidate {' '.join(settings)}: expected KEY=VALUE ...")
+        found.append({key: value for key, _, value in pairs})
+    return found
 
 
 def label(candidate: dict[str, str]) -> str:

@@ -142,3 +142,21 @@ def test_a_column_run_names_its_attack_in_yaml_and_a_safe_folder(tmp_path, monke
     assert "--rescore" not in commands[0]
     module.run({}, module.parse_args(["--out", str(tmp_path), "--rescore"]))
     assert commands[1][-1] == "--rescore"
+
+
+def test_candidates_are_the_grid_product_and_each_named_one():
+    module = _module()
+
+    def names(argv):
+        return [module.label(c) for c in module.candidates(module.parse_args(argv))]
+
+    assert names(["--grid", "stage2.margin=12,16", "stage2.lam=1,2"]) == [
+        "margin12-lam1", "margin12-lam2", "margin16-lam1", "margin16-lam2"]
+    assert names(["--grid", "stage2.margin=12", "--candidate", "stage2.margin=16",
+                  "stage2.anchor=3"]) == ["margin12", "margin16-anchor3"]
+    assert names(["--candidate", "stage2.margin=16"]) == ["margin16"]   # no default grid
+    assert len(names([])) == 6                                          # the default grid
+    import pytest
+
+    with pytest.raises(SystemExit, match="--candidate stage2.margin: expected KEY=VALUE"):
+        names(["--candidate", "stage2.margin"])
