@@ -171,6 +171,7 @@ def test_rescore_scores_every_cell_again_with_the_trained_models(user_world, jud
     assert main([*command, "--out", str(root / "again"), "--rescore"]) == 0
     printed = capsys.readouterr()
     again = json.loads((root / "again" / "results.json").read_text())
+    assert "every cell scored again: --rescore" in printed.out
     assert "(cached)" not in printed.err, printed.err
     assert "loading the mb-defense stage-1 model from" in printed.err
     assert sorted(p.name for p in cache.iterdir() if p.is_dir()) == models

@@ -77,7 +77,9 @@ def describe(spec: RunSpec) -> str:
              f"{len(spec.behaviors)} behaviours), {spec.n_cells} cells",
              f"  defenses: {', '.join(spec.defenses)}",
              f"  stages: {counts['fine-tunes']} fine-tunes, {counts['repairs']} after-training "
-             f"repairs, {counts['evaluations']} evaluations (fewer when cached)"]
+             f"repairs, {counts['evaluations']} evaluations "
+             + ("(every cell scored again: --rescore; trained models still come from the cache)"
+                if spec.rescore else "(fewer when cached)")]
     if CLEAN_REFERENCE in spec.defenses:
         lines.append(f"  the clean reference is trained once per model and seed "
                      f"({len(spec.models) * len(spec.seeds)} in all)")
