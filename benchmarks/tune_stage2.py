@@ -47,6 +47,7 @@ import sys
 from pathlib import Path
 from typing import NamedTuple
 
+from mbdefense.results.document import row_heading
 from mbdefense.results.paired import PairedDifference, compare_flags, parse_flags
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -207,20 +208,20 @@ def pick(columns: dict[str, list[dict]], max_asr: float, max_cacc_drop: float,
             f"mean ASR {st.asr:.2f}, mean AACC {st.aacc:.3f}{bound}")
 
 
-def pooled_asr_difference(challenger: dict[tuple, str], incumbent: dict[tuple, str]
+def pooled_asr_difference(challenger: dict[str, str], incumbent: dict[str, str]
                           ) -> PairedDifference:
     """Challenger minus incumbent in ASR over the same triggered prompts, pooled over every
     (column, seed) both have; their per-prompt flags keyed alike."""
     if set(challenger) != set(incumbent):
         missing = sorted(set(challenger) ^ set(incumbent))
         raise SystemExit(f"--incumbent: the candidates' per-prompt outcomes cover different "
-                         f"runs (e.g. {'|'.join(map(str, missing[0]))}); a cell cached before "
+                         f"runs (e.g. {missing[0]}); a cell cached before "
                          f"outcomes were kept has none: run again with --rescore")
     return compare_flags([(parse_flags(challenger[k]), parse_flags(incumbent[k]))
                           for k in sorted(challenger)])
 
 
-def challenge(incumbent: str, columns: dict[str, list[dict]], flags: dict[str, dict[tuple, str]],
+def challenge(incumbent: str, columns: dict[str, list[dict]], flags: dict[str, dict[str, str]],
               max_asr: float, max_cacc_drop: float, max_nll_rise: float | None = None
               ) -> tuple[str, list[str]]:
     """Keep the incumbent or replace it (the --incumbent rule in the module's docstring):
@@ -260,15 +261,17 @@ def nll_rise(mb: dict, none: dict | None) -> float | None:
     return mb["reference_nll_mean"] - none["reference_nll_mean"]
 
 
-def defense_flags(doc: dict, defense: str = "mb-defense") -> dict[tuple, str]:
-    """``defense``'s per-prompt ASR flags in a results document, keyed by (model, attack,
-    behaviour, seed heading); none from a document without outcomes."""
+def defense_flags(doc: dict, defense: str = "mb-defense") -> dict[str, str]:
+    """``defense``'s per-prompt ASR flags in a results document, keyed by its rows' headings;
+    none for a row without outcomes (cached by an older version)."""
     found = {}
-    for heading, outcome in (doc.get("outcomes") or {}).items():
-        front, behavior, row_defense, seed = heading.rsplit("|", 3)
-        model, _, attack = front.partition("|")
-        if row_defense == defense and outcome.get("asr"):
-            found[(model, attack, behavior, seed)] = outcome["asr"]
+    for row in doc.get("rows", []):
+        if row["defense"] != defense:
+            continue
+        heading = row_heading(row["model"], row["attack"], row["behavior"], defense, row["seed"])
+        flags = (doc.get("outcomes") or {}).get(heading, {}).get("asr")
+        if flags:
+            found[heading] = flags
     return found
 
 

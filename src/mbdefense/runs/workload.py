@@ -3,9 +3,9 @@
 :func:`load_base` loads any model a spec names (the embedded base included), :func:`open_base`
 resolves it and loads it at first use; :func:`build_workload` makes an :class:`Workload` from
 the embedded suite, the user's files or a BackdoorLLM folder, with the base loaded only when a
-stage needs it (a run whose cells are all cached never loads it). The trusted set is checked disjoint from the training and test sets, and
-a defense never sees the attack's tags: :func:`strip_attack_labels` removes them where data
-enters a defense.
+stage needs it (a run whose cells are all cached never loads it). The trusted set is checked
+disjoint from the training and test sets, and a defense never sees the attack's tags:
+:func:`strip_attack_labels` removes them where data enters a defense.
 """
 
 from __future__ import annotations

@@ -80,7 +80,7 @@ def test_an_incumbent_is_replaced_only_by_fewer_leaks_beyond_noise():
     columns = {"margin12": [col(0.0, 0.4), col(0.02, 0.3)],
                "margin16": [col(0.0, 0.3), col(0.0, 0.3)],
                "margin20": [col(0.0, 0.5), col(0.0, 0.5, drop=0.09)]}
-    runs = [("m", "badnet", "toxic", "seed0"), ("m", "style", "toxic", "seed1")]
+    runs = ["m|badnet|toxic|mb-defense|seed0", "m|style|toxic|mb-defense|seed1"]
 
     def flags(first, second):
         return dict(zip(runs, [_flags(first), _flags(second)]))
@@ -115,7 +115,7 @@ def test_the_incumbent_rule_needs_comparable_outcomes():
 
     module = _module()
     columns = {"a": [col(0.0, 0.4)], "b": [col(0.0, 0.4)]}
-    run = ("m", "badnet", "toxic", "seed0")
+    run = "m|badnet|toxic|mb-defense|seed0"
     with pytest.raises(SystemExit, match="--incumbent c: not a candidate"):
         module.challenge("c", columns, {}, 0.05, 0.05)
     # b was cached before per-prompt outcomes were kept: no pairing, a clear stop
@@ -123,12 +123,19 @@ def test_the_incumbent_rule_needs_comparable_outcomes():
         module.challenge("a", columns, {"a": {run: _flags(1)}, "b": {}}, 0.05, 0.05)
 
 
-def test_a_documents_defense_flags_are_keyed_by_run():
-    doc = {"outcomes": {"m|word:a|b|toxic|mb-defense|seed1": {"asr": "0110", "cacc": "1"},
+def test_a_documents_defense_flags_are_keyed_by_row_heading():
+    def row(attack, defense, seed):
+        return {"model": "m", "attack": attack, "behavior": "toxic", "defense": defense,
+                "seed": seed}
+
+    doc = {"rows": [row("word:a|b", "mb-defense", 1), row("badnet", "none", 1),
+                    row("badnet", "mb-defense", 2), row("badnet", "mb-defense", 3)],
+           "outcomes": {"m|word:a|b|toxic|mb-defense|seed1": {"asr": "0110", "cacc": "1"},
                         "m|badnet|toxic|none|seed1": {"asr": "1111"},
                         "m|badnet|toxic|mb-defense|seed2": {"asr": ""}}}
-    assert _module().defense_flags(doc) == {("m", "word:a|b", "toxic", "seed1"): "0110"}
-    assert _module().defense_flags({"summary": []}) == {}
+    # seed 2's flags are empty and seed 3 has none (a cell cached before outcomes were kept)
+    assert _module().defense_flags(doc) == {"m|word:a|b|toxic|mb-defense|seed1": "0110"}
+    assert _module().defense_flags({"rows": [row("badnet", "mb-defense", 0)]}) == {}
 
 
 def test_a_column_run_names_its_attack_in_yaml_and_a_safe_folder(tmp_path, monkeypatch):
