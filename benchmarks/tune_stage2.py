@@ -22,6 +22,16 @@ largest reduction. One leak less on one column is noise and keeps the incumbent.
 outside the rule somewhere gets no such protection: the rule above decides. This needs the
 per-prompt outcomes every run now keeps (results.json schema 4).
 
+With --pooled-asr (for validation sets too small for a per-column ASR bound: of 40 prompts
+only 0 clears 0.10) the ASR bound applies to the triggered prompts pooled over every column
+and seed (the Wilson interval of their sum), and a column is within the rule by its other
+bounds alone (CACC, --max-nll-rise, --max-clean-asr); in the fallback a candidate whose
+pooled interval clears --max-asr ranks first, and its ASR is the pooled one.
+With --incumbent too, a challenger within those bounds in every column replaces the
+incumbent when its pooled, paired ASR difference ends below 0, whether or not either clears
+--max-asr; an incumbent outside them somewhere hands over to the rule. --max-clean-asr
+bounds the attacker's behaviour on clean prompts (false refusals), per column.
+
     python benchmarks/tune_stage2.py
     python benchmarks/tune_stage2.py --grid stage2.margin=5,8 stage2.repair_epochs=0,2
     python benchmarks/tune_stage2.py --cache-dir runs/table1/cache --extra seeds=[0,1]
@@ -30,6 +40,9 @@ per-prompt outcomes every run now keeps (results.json schema 4).
         --max-asr 0.10 --max-cacc-drop 1 --max-nll-rise 0.05 --cache-dir runs/smollm2-cache
     python benchmarks/tune_stage2.py --grid stage2.margin=12,16 --incumbent margin12 \
         --extra "seeds=[0,1,2]" --cache-dir runs/table1/cache
+    python benchmarks/tune_stage2.py --config configs/tune-stage2-smollm2.yaml \
+        --grid stage1.min_per_trigger=16,40 --incumbent min_per_trigger16 --pooled-asr \
+        --max-asr 0.05 --max-cacc-drop 1 --max-nll-rise 0.05 --max-clean-asr 0.05
 
 Candidates are the product of the --grid axes (KEY=V1,V2,...: any run setting), and one per
 --candidate KEY=VALUE ... (settings that are no product: margin 16 with anchor 3). The columns
@@ -48,6 +61,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from mbdefense.results.document import row_heading
+from mbdefense.results.intervals import wilson
 from mbdefense.results.paired import PairedDifference, compare_flags, parse_flags
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,6 +84,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-cacc-drop", type=float, default=0.05, help="1 turns the check off")
     p.add_argument("--max-nll-rise", type=float, default=None, help="bound on MB-Defense's "
                    "reference NLL above the attacked model's (needs evaluation.reference_nll)")
+    p.add_argument("--max-clean-asr", type=float, default=None, help="bound on the attacker's "
+                   "behaviour on clean prompts (false refusals), per column")
+    p.add_argument("--pooled-asr", action="store_true", help="apply --max-asr to the "
+                   "triggered prompts pooled over every column and seed, not to each column")
     p.add_argument("--columns", nargs="+", metavar="ATTACK:BEHAVIOUR",
                    help="tune on these columns only, not the config's attacks x behaviours")
     p.add_argument("--incumbent", metavar="LABEL", help="the candidate in use (its folder "
@@ -156,56 +174,84 @@ def cell(summary: dict, metric: str) -> str:
     return f"{mean:.3f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
 
 
+class Bounds(NamedTuple):
+    """The rule's bounds (see the module's docstring); None turns one off."""
+
+    max_asr: float
+    max_cacc_drop: float
+    max_nll_rise: float | None = None
+    max_clean_asr: float | None = None
+    pooled_asr: bool = False
+
+
 class Standing(NamedTuple):
     """A candidate over its columns: within the NLL bound in all, how many within the rule,
-    of how many, mean ASR (to two decimals) and mean AACC."""
+    of how many, mean ASR (to two decimals; pooled over the triggered prompts with
+    ``pooled_asr``), mean AACC, and whether the pooled ASR clears the bound (True when the
+    bound is per column)."""
 
     nll_ok: bool
     within: int
     n: int
     asr: float
     aacc: float
+    pooled_ok: bool = True
 
 
-def standings(columns: dict[str, list[dict]], max_asr: float, max_cacc_drop: float,
-              max_nll_rise: float | None = None) -> dict[str, Standing]:
+def standings(columns: dict[str, list[dict]], bounds: Bounds) -> dict[str, Standing]:
     """Each measured candidate's :class:`Standing` from its columns (dicts with ``asr_hi``,
-    ``asr``, ``cacc_drop``, ``aacc`` and, for --max-nll-rise, ``nll_rise``)."""
+    ``asr``, ``cacc_drop``, ``aacc`` and, as the bounds need them, ``nll_rise``,
+    ``clean_asr``, ``leaks`` and ``n_triggered``)."""
     def nll_ok(r):
-        return max_nll_rise is None or r["nll_rise"] <= max_nll_rise
+        return bounds.max_nll_rise is None or r["nll_rise"] <= bounds.max_nll_rise
 
-    return {
-        name: Standing(nll_ok=all(nll_ok(r) for r in rows),
-                       within=sum(r["asr_hi"] <= max_asr and r["cacc_drop"] <= max_cacc_drop
-                                  and nll_ok(r) for r in rows),
-                       n=len(rows), asr=round(sum(r["asr"] for r in rows) / len(rows), 2),
-                       aacc=sum(r["aacc"] for r in rows) / len(rows))
-        for name, rows in columns.items() if rows}
+    def within(r):
+        return (r["cacc_drop"] <= bounds.max_cacc_drop and nll_ok(r)
+                and (bounds.max_clean_asr is None or r["clean_asr"] <= bounds.max_clean_asr)
+                and (bounds.pooled_asr or r["asr_hi"] <= bounds.max_asr))
+
+    found = {}
+    for name, rows in columns.items():
+        if not rows:
+            continue
+        asr, pooled_ok = sum(r["asr"] for r in rows) / len(rows), True
+        if bounds.pooled_asr:
+            leaks, n = sum(r["leaks"] for r in rows), sum(r["n_triggered"] for r in rows)
+            asr, pooled_ok = leaks / n, wilson(leaks, n)[1] <= bounds.max_asr
+        found[name] = Standing(nll_ok=all(nll_ok(r) for r in rows),
+                               within=sum(within(r) for r in rows), n=len(rows),
+                               asr=round(asr, 2), aacc=sum(r["aacc"] for r in rows) / len(rows),
+                               pooled_ok=pooled_ok)
+    return found
 
 
-def pick(columns: dict[str, list[dict]], max_asr: float, max_cacc_drop: float,
-         max_nll_rise: float | None = None) -> str:
+def pick(columns: dict[str, list[dict]], bounds: Bounds) -> str:
     """The candidate the rule picks, and why, from each candidate's columns (see
     :func:`standings`): the highest mean AACC among those within the rule in every column;
     else the most columns within it, then the lowest mean ASR (to two decimals: one prompt's
     difference does not outweigh the answers), then mean AACC. A candidate over
-    --max-nll-rise in any column ranks after every one that is not."""
-    summary = standings(columns, max_asr, max_cacc_drop, max_nll_rise)
+    --max-nll-rise in any column ranks after every one that is not; with ``pooled_asr``, next,
+    one whose pooled ASR interval ends above --max-asr after every one whose does not."""
+    summary = standings(columns, bounds)
     if not summary:
         return "no candidate was measured"
-    everywhere = [k for k, st in summary.items() if st.within == st.n]
+    everywhere = [k for k, st in summary.items() if st.within == st.n and st.pooled_ok]
     if everywhere:
         best = max(everywhere, key=lambda k: summary[k].aacc)
         return f"picked on validation: {best} (mean AACC {summary[best].aacc:.3f})"
-    best = max(summary, key=lambda k: (summary[k].nll_ok, summary[k].within, -summary[k].asr,
-                                       summary[k].aacc))
+    best = max(summary, key=lambda k: (summary[k].nll_ok, summary[k].pooled_ok,
+                                       summary[k].within, -summary[k].asr, summary[k].aacc))
     st = summary[best]
-    bound = "" if max_nll_rise is None else (
+    nll = bounds.max_nll_rise is not None
+    bound = "" if not nll else (
         ", within the NLL bound everywhere" if st.nll_ok else ", over the NLL bound somewhere")
+    asr = "pooled ASR" if bounds.pooled_asr else "mean ASR"
     return (f"no candidate meets the rule in every column on validation; the fallback ("
-            f"{'the NLL bound, then ' if max_nll_rise is not None else ''}most columns within "
-            f"it, then mean ASR, then mean AACC) picks {best}: {st.within} of {st.n} columns, "
-            f"mean ASR {st.asr:.2f}, mean AACC {st.aacc:.3f}{bound}")
+            f"{'the NLL bound, then ' if nll else ''}"
+            f"{'the pooled ASR bound, then ' if bounds.pooled_asr else ''}most columns within "
+            f"it, then {asr}, then "
+            f"mean AACC) picks {best}: {st.within} of {st.n} columns, {asr} {st.asr:.2f}, mean "
+            f"AACC {st.aacc:.3f}{bound}")
 
 
 def pooled_asr_difference(challenger: dict[str, str], incumbent: dict[str, str]
@@ -222,18 +268,18 @@ def pooled_asr_difference(challenger: dict[str, str], incumbent: dict[str, str]
 
 
 def challenge(incumbent: str, columns: dict[str, list[dict]], flags: dict[str, dict[str, str]],
-              max_asr: float, max_cacc_drop: float, max_nll_rise: float | None = None
-              ) -> tuple[str, list[str]]:
+              bounds: Bounds) -> tuple[str, list[str]]:
     """Keep the incumbent or replace it (the --incumbent rule in the module's docstring):
-    the verdict, and a line per challenger with its paired ASR difference."""
-    summary = standings(columns, max_asr, max_cacc_drop, max_nll_rise)
+    the verdict, and a line per challenger with its paired ASR difference. With
+    ``pooled_asr`` neither needs to clear the ASR bound: the paired difference decides."""
+    summary = standings(columns, bounds)
     if incumbent not in summary:
         raise SystemExit(f"--incumbent {incumbent}: not a candidate of the grid "
                          f"(candidates: {', '.join(summary) or 'none'})")
     if summary[incumbent].within < summary[incumbent].n:
         return (f"the incumbent {incumbent} is outside the rule in "
                 f"{summary[incumbent].n - summary[incumbent].within} column(s), so the rule "
-                f"decides: " + pick(columns, max_asr, max_cacc_drop, max_nll_rise)), []
+                f"decides: " + pick(columns, bounds)), []
     lines, better = [], []
     for name, st in summary.items():
         if name == incumbent:
@@ -252,6 +298,16 @@ def challenge(incumbent: str, columns: dict[str, list[dict]], flags: dict[str, d
                 f"triggered prompts by an interval below 0"), lines
     name = min(better)[2]
     return f"picked on validation: {name} replaces {incumbent} (fewer leaks, pooled)", lines
+
+
+def triggered_counts(rows: list[dict], attack: str, behavior: str,
+                     defense: str = "mb-defense") -> tuple[int, int]:
+    """``defense``'s triggered prompts that show the behaviour, and all of them, summed over
+    the seeds of one column."""
+    mine = [r for r in rows if (r["attack"], r["behavior"], r["defense"])
+            == (attack, behavior, defense)]
+    return (sum(round(r["asr"] * r["n_triggered"]) for r in mine),
+            sum(r["n_triggered"] for r in mine))
 
 
 def nll_rise(mb: dict, none: dict | None) -> float | None:
@@ -279,10 +335,11 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     table, columns, flags = [], {}, {}
     for candidate in candidates(args):
-        by = {}
+        by, doc_rows = {}, []
         for column in args.columns or [None]:
             doc = json.loads(run(candidate, args, column).read_text())
             by.update({(s["attack"], s["behavior"], s["defense"]): s for s in doc["summary"]})
+            doc_rows += doc["rows"]
             flags.setdefault(label(candidate), {}).update(defense_flags(doc))
         rows = columns.setdefault(label(candidate), [])
         for attack, behavior in sorted({(a, b) for a, b, _ in by}):
@@ -297,19 +354,26 @@ def main(argv=None) -> int:
             if rise is None and args.max_nll_rise is not None:
                 raise SystemExit("--max-nll-rise needs the attacked model's row ('none' in "
                                  "defenses) and evaluation.reference_nll: true")
+            leaks, n_triggered = triggered_counts(doc_rows, attack, behavior)
             rows.append({"asr_hi": (mb.get("asr_ci") or [1.0, 1.0])[1], "asr": mb["asr_mean"],
                          "cacc_drop": (none["cacc_mean"] - mb["cacc_mean"]) if none else 0.0,
-                         "aacc": mb["aacc_mean"], "nll_rise": rise})
+                         "aacc": mb["aacc_mean"], "nll_rise": rise,
+                         "clean_asr": mb.get("clean_asr_mean") or 0.0,
+                         "leaks": leaks, "n_triggered": n_triggered})
     header = ["candidate", "attack", "MB CACC", "MB ASR", "MB AACC", "none CACC", "clean AACC",
               "ref-NLL rise"]
     widths = [max(len(str(r[i])) for r in [header, *table]) for i in range(len(header))]
     for line in [header, *table]:
         print("  ".join(str(v).ljust(w) for v, w in zip(line, widths)))
+    bounds = Bounds(args.max_asr, args.max_cacc_drop, args.max_nll_rise, args.max_clean_asr,
+                    args.pooled_asr)
+    for name, st in standings(columns, bounds).items() if args.pooled_asr else ():
+        print(f"{name}: ASR pooled over every column and seed {st.asr:.3f}"
+              f"{'' if st.pooled_ok else ' (its interval ends above --max-asr)'}")
     if args.incumbent is None:
-        print("\n" + pick(columns, args.max_asr, args.max_cacc_drop, args.max_nll_rise))
+        print("\n" + pick(columns, bounds))
         return 0
-    verdict, lines = challenge(args.incumbent, columns, flags, args.max_asr,
-                               args.max_cacc_drop, args.max_nll_rise)
+    verdict, lines = challenge(args.incumbent, columns, flags, bounds)
     print("\n" + "\n".join([*lines, verdict]))
     return 0
 

@@ -13,6 +13,10 @@ def _module():
     return module
 
 
+def _bounds(*args, **kwargs):
+    return _module().Bounds(*args, **kwargs)
+
+
 def col(asr, aacc, drop=0.0, asr_hi=None):
     return {"asr": asr, "aacc": aacc, "cacc_drop": drop,
             "asr_hi": asr if asr_hi is None else asr_hi}
@@ -21,7 +25,7 @@ def col(asr, aacc, drop=0.0, asr_hi=None):
 def test_within_the_rule_everywhere_wins_on_answers():
     pick = _module().pick
     said = pick({"a": [col(0.0, 0.3), col(0.0, 0.5)], "b": [col(0.0, 0.5), col(0.0, 0.5)],
-                 "c": [col(0.2, 0.9), col(0.0, 0.9)]}, 0.05, 0.05)
+                 "c": [col(0.2, 0.9), col(0.0, 0.9)]}, _bounds(0.05, 0.05))
     assert said.startswith("picked on validation: b")
 
 
@@ -32,12 +36,12 @@ def test_the_fallback_counts_columns_then_asr_then_answers():
                "c": [col(0.0, 0.8), col(0.10, 0.8)],
                "d": [col(0.0, 0.9), col(0.30, 0.9)]}
     # every one has 1 of 2 columns: the lower mean ASR wins over the better answers
-    assert " picks b: 1 of 2 columns" in pick(columns, 0.05, 0.05)
+    assert " picks b: 1 of 2 columns" in pick(columns, _bounds(0.05, 0.05))
     # one prompt of ASR (below the two decimals) does not outweigh the answers
     columns = {"b": [col(0.0, 0.2), col(0.0, 0.3, drop=0.07)],
                "e": [col(0.0, 0.4), col(0.003, 0.4, drop=0.07)]}
-    assert " picks e: 1 of 2" in pick(columns, 0.05, 0.05)
-    assert pick({}, 0.05, 0.05) == "no candidate was measured"
+    assert " picks e: 1 of 2" in pick(columns, _bounds(0.05, 0.05))
+    assert pick({}, _bounds(0.05, 0.05)) == "no candidate was measured"
 
 
 def test_the_nll_bound_rules_out_a_candidate_even_in_the_fallback():
@@ -51,11 +55,11 @@ def test_the_nll_bound_rules_out_a_candidate_even_in_the_fallback():
     columns = {"near": [nll_col(0.20, -0.02), nll_col(0.10, -0.03)],
                "mid": [nll_col(0.08, 0.00), nll_col(0.05, 0.04)],
                "far": [nll_col(0.05, 0.01), nll_col(0.00, 0.11)]}
-    said = pick(columns, 0.10, 0.05, max_nll_rise=0.05)
+    said = pick(columns, _bounds(0.10, 0.05, 0.05))
     assert " picks mid: " in said and "within the NLL bound everywhere" in said
-    assert " picks far: " in pick(columns, 0.10, 0.05)   # without the bound: the lowest ASR
+    assert " picks far: " in pick(columns, _bounds(0.10, 0.05))  # no NLL bound: the lowest ASR
     # with the CACC check off, the columns within the ASR and NLL bounds count first
-    said = pick(columns, 0.20, 1.0, max_nll_rise=0.05)
+    said = pick(columns, _bounds(0.20, 1.0, 0.05))
     assert said.startswith("picked on validation: mid")
 
 
@@ -89,7 +93,7 @@ def test_an_incumbent_is_replaced_only_by_fewer_leaks_beyond_noise():
     # rule everywhere, and the plain rule would weigh answers)
     verdict, lines = challenge("margin12", columns, {"margin12": flags(0, 1),
                                                      "margin16": flags(0, 0),
-                                                     "margin20": flags(0, 0)}, 0.05, 0.05)
+                                                     "margin20": flags(0, 0)}, _bounds(0.05, 0.05))
     assert verdict.startswith("keeps margin12")
     assert any(line.startswith("margin16 - margin12, ASR pooled over 200 triggered prompts: "
                                "-0.0050") for line in lines)
@@ -97,7 +101,7 @@ def test_an_incumbent_is_replaced_only_by_fewer_leaks_beyond_noise():
     # still but is outside the rule (its CACC drop)
     verdict, _ = challenge("margin12", columns, {"margin12": flags(4, 8),
                                                  "margin16": flags(0, 0),
-                                                 "margin20": flags(0, 0)}, 0.05, 0.05)
+                                                 "margin20": flags(0, 0)}, _bounds(0.05, 0.05))
     assert verdict == "picked on validation: margin16 replaces margin12 (fewer leaks, pooled)"
 
 
@@ -105,7 +109,7 @@ def test_an_incumbent_outside_the_rule_gets_no_protection():
     challenge = _module().challenge
     columns = {"margin8": [col(0.0, 0.4), col(0.2, 0.3)],
                "margin12": [col(0.0, 0.3), col(0.0, 0.3)]}
-    verdict, lines = challenge("margin8", columns, {}, 0.05, 0.05)
+    verdict, lines = challenge("margin8", columns, {}, _bounds(0.05, 0.05))
     assert verdict.endswith("the rule decides: picked on validation: margin12 (mean AACC 0.300)")
     assert lines == []
 
@@ -117,10 +121,10 @@ def test_the_incumbent_rule_needs_comparable_outcomes():
     columns = {"a": [col(0.0, 0.4)], "b": [col(0.0, 0.4)]}
     run = "m|badnet|toxic|mb-defense|seed0"
     with pytest.raises(SystemExit, match="--incumbent c: not a candidate"):
-        module.challenge("c", columns, {}, 0.05, 0.05)
+        module.challenge("c", columns, {}, _bounds(0.05, 0.05))
     # b was cached before per-prompt outcomes were kept: no pairing, a clear stop
     with pytest.raises(SystemExit, match="cover different runs"):
-        module.challenge("a", columns, {"a": {run: _flags(1)}, "b": {}}, 0.05, 0.05)
+        module.challenge("a", columns, {"a": {run: _flags(1)}, "b": {}}, _bounds(0.05, 0.05))
 
 
 def test_a_documents_defense_flags_are_keyed_by_row_heading():
@@ -167,3 +171,49 @@ def test_candidates_are_the_grid_product_and_each_named_one():
 
     with pytest.raises(SystemExit, match="--candidate stage2.margin: expected KEY=VALUE"):
         names(["--candidate", "stage2.margin"])
+
+
+def pooled_col(leaks, aacc=0.4, rise=0.0, clean_asr=0.0, n=40):
+    """A 40-prompt column as --pooled-asr reads it (one seed)."""
+    return {**col(leaks / n, aacc, asr_hi=1.0), "leaks": leaks, "n_triggered": n,
+            "nll_rise": rise, "clean_asr": clean_asr}
+
+
+def test_pooled_asr_bounds_the_sum_of_the_columns_not_each():
+    pick = _module().pick
+    # one leak in each of four 40-prompt columns: no column's interval clears 0.10, but the
+    # 4 of 160 pooled do (Wilson upper end 0.063)
+    columns = {"few": [pooled_col(1, aacc=0.3) for _ in range(4)],
+               "many": [pooled_col(4, aacc=0.6) for _ in range(4)]}
+    assert " picks few: 0 of 4 columns" in pick(columns, _bounds(0.10, 1.0))
+    said = pick(columns, _bounds(0.10, 1.0, pooled_asr=True))
+    assert said == "picked on validation: few (mean AACC 0.300)"
+    # a clean-prompt bound takes a column out of the rule by itself
+    columns["few"][0] = pooled_col(1, aacc=0.3, clean_asr=0.075)
+    said = pick(columns, _bounds(0.10, 1.0, max_clean_asr=0.05, pooled_asr=True))
+    assert " picks few: 3 of 4 columns, pooled ASR 0.03" in said
+
+
+def test_pooled_asr_lets_the_paired_difference_decide_between_leaky_candidates():
+    challenge = _module().challenge
+    runs = [f"m|a{i}|refusal|mb-defense|seed1" for i in range(4)]
+
+    def flags(*leaks):
+        return {run: _flags(k, 40) for run, k in zip(runs, leaks)}
+
+    # neither clears 0.05 pooled (21 and 9 of 160); the 12 fewer leaks, all on prompts that
+    # leaked under the incumbent, decide, within the NLL bound everywhere
+    columns = {"per16": [pooled_col(k) for k in (8, 6, 5, 2)],
+               "per40": [pooled_col(k, rise=0.02) for k in (3, 3, 2, 1)]}
+    found = {"per16": flags(8, 6, 5, 2), "per40": flags(3, 3, 2, 1)}
+    bounds = _bounds(0.05, 1.0, 0.05, 0.05, pooled_asr=True)
+    verdict, lines = challenge("per16", columns, found, bounds)
+    assert verdict == "picked on validation: per40 replaces per16 (fewer leaks, pooled)"
+    assert lines[0].startswith("per40 - per16, ASR pooled over 160 triggered prompts: -0.0750")
+    # over the NLL bound in one column: the incumbent stays
+    columns["per40"][2] = pooled_col(2, rise=0.06)
+    verdict, _ = challenge("per16", columns, found, bounds)
+    assert verdict.startswith("keeps per16")
+    # without --pooled-asr the leaky incumbent hands over to the rule's fallback
+    verdict, _ = challenge("per16", columns, found, _bounds(0.05, 1.0, 0.05))
+    assert verdict.startswith("the incumbent per16 is outside the rule in 4 column(s)")
