@@ -58,6 +58,18 @@ def default_device() -> Any:
     return torch.device("cpu")
 
 
+def cpu_has_bf16_matmul(cpuinfo: str | Path = "/proc/cpuinfo") -> bool | None:
+    """Whether this CPU has bf16 matrix instructions (AVX512-BF16 or AMX), from the flags
+    of ``cpuinfo``; None where that does not say (not Linux x86)."""
+    try:
+        text = Path(cpuinfo).read_text()
+    except OSError:
+        return None
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines()
+                  if line.startswith("flags")), None)
+    return None if flags is None else bool({"avx512_bf16", "amx_bf16"} & set(flags))
+
+
 def resolve_precision(precision: str, device: Any) -> str:
     """``auto`` -> ``bf16`` on a GPU that supports it, else ``fp32``. ``bf16`` asked for
     explicitly also autocasts on a CPU (up to about twice as fast where it has bf16 matrix
@@ -66,6 +78,15 @@ def resolve_precision(precision: str, device: Any) -> str:
 
     if precision not in ("auto", "fp32", "bf16"):
         raise ValueError(f"precision must be 'auto', 'fp32' or 'bf16', got {precision!r}")
+    on_cpu = getattr(device, "type", str(device)) == "cpu"
+    if precision == "bf16" and on_cpu and cpu_has_bf16_matmul() is False:
+        import warnings
+
+        warnings.warn("precision bf16 on a CPU without bf16 matrix instructions (no "
+                      "avx512_bf16 or amx_bf16 in /proc/cpuinfo): torch emulates them, many "
+                      "times slower than fp32 (docs/performance.md); use precision fp32 or "
+                      "auto here", RuntimeWarning,
+                      stacklevel=2)
     if precision != "auto":
         return precision
     if getattr(device, "type", str(device)) == "cuda" and torch.cuda.is_bf16_supported():

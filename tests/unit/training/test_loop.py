@@ -48,6 +48,7 @@ def test_progress_into_a_log_writes_a_few_lines_not_one_per_step(tiny_model, tok
 
 @pytest.mark.parametrize("precision, expected", [("bf16", "bfloat16"), ("fp32", "float32"),
                                                  ("auto", "float32")])
+@pytest.mark.filterwarnings("ignore:precision bf16 on a CPU without")
 def test_bf16_autocasts_on_the_cpu_when_asked(tiny_model, tokenizer, precision, expected):
     """``precision: bf16`` runs the training forward in bf16 on a CPU too (it used to
     autocast for CUDA only, a silent no-op here); ``auto`` stays fp32 on a CPU."""
@@ -66,3 +67,36 @@ def test_bf16_autocasts_on_the_cpu_when_asked(tiny_model, tokenizer, precision, 
     assert seen == {f"torch.{expected}"}
     assert all(loss == loss and loss < 20 for loss in losses)    # finite, a real loss
     assert next(trained.parameters()).dtype == torch.float32       # the weights stay fp32
+
+
+def test_bf16_on_a_cpu_without_bf16_instructions_warns(tmp_path, monkeypatch):
+    """Asked for bf16 where the CPU would emulate it (many times slower than fp32), the user
+    is told; where it has the instructions, or the flags are unknown, nothing is said."""
+    import warnings
+
+    import torch
+
+    from mbdefense.training import runtime
+
+    avx2 = tmp_path / "avx2"
+    avx2.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma\n")
+    amx = tmp_path / "amx"
+    amx.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16 amx_bf16\n")
+    assert runtime.cpu_has_bf16_matmul(avx2) is False
+    assert runtime.cpu_has_bf16_matmul(amx) is True
+    assert runtime.cpu_has_bf16_matmul(tmp_path / "absent") is None
+    (tmp_path / "arm").write_text("processor\t: 0\nFeatures\t: fp asimd bf16\n")
+    assert runtime.cpu_has_bf16_matmul(tmp_path / "arm") is None
+
+    cpu = torch.device("cpu")
+    for has, precision, warned in [(False, "bf16", True), (True, "bf16", False),
+                                   (None, "bf16", False), (False, "fp32", False),
+                                   (False, "auto", False)]:
+        monkeypatch.setattr(runtime, "cpu_has_bf16_matmul", lambda has=has: has)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            assert runtime.resolve_precision(precision, cpu) == (
+                "fp32" if precision == "auto" else precision)
+        said = [str(w.message) for w in caught if w.category is RuntimeWarning]
+        assert bool(said) == warned, (has, precision, said)
+        assert not said or "use precision fp32 or auto" in said[0]
