@@ -183,3 +183,18 @@ def test_rescore_scores_every_cell_again_with_the_trained_models(user_world, jud
     assert set(again["outcomes"]) == {f"{r['model']}|word:cf|refusal|{r['defense']}|seed0"
                                       for r in again["rows"]}
     assert all("outcomes" in json.loads(p.read_text()) for p in cells)
+    assert not list(cache.glob("rescore-*.json"))   # a finished --rescore leaves no record
+
+    # a --rescore run that was stopped after scoring every cell again (its record says it
+    # began before them): the same command keeps them and only finishes the run
+    from mbdefense.runs.experiment import rescore_plan
+    from mbdefense.runs.load import load_run_spec
+
+    record = cache / f"rescore-{rescore_plan(load_run_spec(str(root / 'run.yaml'), []))}.json"
+    record.write_text(json.dumps({"started": min(p.stat().st_mtime for p in cells) - 1}))
+    assert main([*command, "--out", str(root / "resumed"), "--rescore", "--force"]) == 0
+    printed = capsys.readouterr()
+    assert "resuming --rescore begun" in printed.err
+    assert printed.err.count("(cached)") == 2 and not record.exists()
+    resumed = json.loads((root / "resumed" / "results.json").read_text())
+    assert resumed["outcomes"] == first["outcomes"]

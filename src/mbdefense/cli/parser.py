@@ -191,7 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--rescore", action="store_true",
                      help="score every cell again, reusing the cache's trained models (e.g. "
                           "for the per-prompt outcomes a cell cached by an older version "
-                          "lacks); a resumed --rescore run scores its finished cells again")
+                          "lacks); the same command after a stop keeps the cells it already "
+                          "scored again")
     run.add_argument("--generator", choices=["plain", "vllm"], default=None,
                      help="evaluation backend (same as generation.backend=...)")
     _executor_options(run)

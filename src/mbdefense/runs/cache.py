@@ -1,7 +1,8 @@
 """The stage cache: every finished stage on disk under a key made from all of its inputs.
 
 Entries are fine-tuned models (``finetune-KEY/``), stage-1 models after the implant check
-(``stage1-KEY/``), evaluated cells and the stage-1 models' scores (``cells/KEY.json``). Each
+(``stage1-KEY/``), evaluated cells and the stage-1 models' scores (``cells/KEY.json``), and
+while a ``run --rescore`` is under way, when it began (``rescore-PLAN.json``). Each
 entry is built under a lock of its own (``locks/NAME.lock``), so two runs sharing a cache
 train a stage once and the second loads it. Entries appear in one rename; temporaries left by
 a killed run are removed when the cache is opened, and an entry that cannot be read is
@@ -14,6 +15,7 @@ import hashlib
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -48,13 +50,16 @@ class StageCache:
     """Finished stages under ``root`` (``None``: keep nothing, build every time). With
     ``rescore`` every cell is computed again (and saved over its entry) while the trained
     models are still reused: a cell cached by an older version lacks what a newer one
-    records, e.g. per-prompt outcomes."""
+    records, e.g. per-prompt outcomes. ``rescore_since`` (a time, from
+    :meth:`begin_rescore`) keeps the cells saved since then: a resumed ``--rescore`` run does
+    not score again what it already did."""
 
     def __init__(self, root: str | Path | None, log: Callable[[str], None] = print,
-                 rescore: bool = False) -> None:
+                 rescore: bool = False, rescore_since: float | None = None) -> None:
         self.root = Path(root) if root is not None else None
         self.log = log
         self.rescore = rescore
+        self.rescore_since = rescore_since
         if self.root is not None:
             (self.root / "locks").mkdir(parents=True, exist_ok=True)   # marks a run's cache
             self._clean_stale()
@@ -126,7 +131,7 @@ class StageCache:
             return jsonable(compute()), False
         saved = self.root / "cells" / f"{key}.json"
         with self._lock(f"cell-{key}"):
-            if reuse and not self.rescore and saved.is_file():
+            if reuse and saved.is_file() and not self._to_rescore(saved):
                 try:
                     return json.loads(saved.read_text()), True
                 except (OSError, ValueError):
@@ -134,6 +139,36 @@ class StageCache:
             out = jsonable(compute())
             atomic_write_json(saved, out)
             return out, False
+
+
+    def _to_rescore(self, saved: Path) -> bool:
+        """Whether a saved cell is to be scored again: with ``rescore``, unless saved since
+        ``rescore_since``."""
+        return self.rescore and (self.rescore_since is None
+                                 or saved.stat().st_mtime < self.rescore_since)
+
+    def _rescore_record(self, plan: str) -> Path:
+        assert self.root is not None
+        return self.root / f"rescore-{plan}.json"
+
+    def begin_rescore(self, plan: str) -> tuple[float, bool]:
+        """When the ``--rescore`` run of ``plan`` (a key of the run's settings) began, and
+        whether an earlier run of it was stopped: that run's recorded time, else now,
+        recorded."""
+        assert self.root is not None
+        record = self._rescore_record(plan)
+        with self._lock(f"rescore-{plan}"):
+            try:
+                return float(json.loads(record.read_text())["started"]), True
+            except (OSError, ValueError, KeyError, TypeError):
+                started = time.time()
+                atomic_write_json(record, {"started": started})
+                return started, False
+
+    def end_rescore(self, plan: str) -> None:
+        """Forget the record once every cell of ``plan`` is scored again."""
+        with self._lock(f"rescore-{plan}"):
+            self._rescore_record(plan).unlink(missing_ok=True)
 
 
 def model_identity(name: str, path: str | None = None) -> str:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from mbdefense.results.document import ResultsDocument, run_metadata
-from mbdefense.runs.cache import StageCache
+from mbdefense.runs.cache import StageCache, digest
 from mbdefense.runs.evaluate import make_scorer
 from mbdefense.runs.lifecycle import Lifecycle
 from mbdefense.runs.spec import Experiment, RunSpec
@@ -32,7 +32,8 @@ def run_experiment(experiment: Experiment, *, log: Callable[[str], None] = print
     start = time.time()
     check_experiment(experiment)
     work = build_workload(experiment, log=log)
-    cache = StageCache(experiment.cache_dir, log=log, rescore=experiment.rescore)
+    cache = StageCache(experiment.cache_dir, log=log, rescore=experiment.rescore,
+                       rescore_since=experiment.rescore_since)
     scorer = make_scorer(experiment.settings.evaluation, cache_dir=experiment.cache_dir,
                          progress=experiment.progress)
     lifecycle = Lifecycle(work, experiment.settings, experiment.seed, scorer=scorer,
@@ -100,6 +101,25 @@ def run_spec(spec: RunSpec, out: str | Path, *, cache_dir: str | Path | None = N
     order)."""
     out = Path(out)
     cache = str(Path(cache_dir) if cache_dir is not None else out / "cache")
+    if not spec.rescore:
+        return _run_spec(spec, out, cache, progress=progress, log=log, executor=executor)
+    plan, stage_cache = rescore_plan(spec), StageCache(cache, log=log)
+    spec.rescore_since, resumed = stage_cache.begin_rescore(plan)
+    if resumed:
+        log(f"resuming --rescore begun {time.ctime(spec.rescore_since)}: cells scored again "
+            f"since then are kept")
+    doc = _run_spec(spec, out, cache, progress=progress, log=log, executor=executor)
+    stage_cache.end_rescore(plan)
+    return doc
+
+
+def rescore_plan(spec: RunSpec) -> str:
+    """A key of what a --rescore run scores: a stopped run of the same plan resumes it."""
+    return digest("rescore", spec_json(spec))
+
+
+def _run_spec(spec: RunSpec, out: Path, cache: str, *, progress: bool,
+              log: Callable[[str], None], executor: Any) -> ResultsDocument:
     start = time.time()
     tracker = Progress(spec.n_cells, log)
     doc = ResultsDocument(name=spec.name, description=spec.description, config=spec_json(spec),
