@@ -140,7 +140,6 @@ class StageCache:
             atomic_write_json(saved, out)
             return out, False
 
-
     def _to_rescore(self, saved: Path) -> bool:
         """Whether a saved cell is to be scored again: with ``rescore``, unless saved since
         ``rescore_since``."""

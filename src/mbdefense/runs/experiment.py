@@ -104,11 +104,12 @@ def run_spec(spec: RunSpec, out: str | Path, *, cache_dir: str | Path | None = N
     if not spec.rescore:
         return _run_spec(spec, out, cache, progress=progress, log=log, executor=executor)
     plan, stage_cache = rescore_plan(spec), StageCache(cache, log=log)
-    spec.rescore_since, resumed = stage_cache.begin_rescore(plan)
+    since, resumed = stage_cache.begin_rescore(plan)
     if resumed:
-        log(f"resuming --rescore begun {time.ctime(spec.rescore_since)}: cells scored again "
-            f"since then are kept")
-    doc = _run_spec(spec, out, cache, progress=progress, log=log, executor=executor)
+        log(f"resuming --rescore begun {time.ctime(since)}: cells scored again since then "
+            f"are kept")
+    doc = _run_spec(dataclasses.replace(spec, rescore_since=since), out, cache,
+                    progress=progress, log=log, executor=executor)
     stage_cache.end_rescore(plan)
     return doc
 

@@ -11,6 +11,7 @@ no accelerate machinery at all.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import tempfile
 from dataclasses import dataclass
@@ -58,6 +59,7 @@ def default_device() -> Any:
     return torch.device("cpu")
 
 
+@functools.lru_cache(maxsize=None)
 def cpu_has_bf16_matmul(cpuinfo: str | Path = "/proc/cpuinfo") -> bool | None:
     """Whether this CPU has bf16 matrix instructions (AVX512-BF16 or AMX), from the flags
     of ``cpuinfo``; None where that does not say (not Linux x86)."""
@@ -78,18 +80,17 @@ def resolve_precision(precision: str, device: Any) -> str:
 
     if precision not in ("auto", "fp32", "bf16"):
         raise ValueError(f"precision must be 'auto', 'fp32' or 'bf16', got {precision!r}")
-    on_cpu = getattr(device, "type", str(device)) == "cpu"
-    if precision == "bf16" and on_cpu and cpu_has_bf16_matmul() is False:
+    kind = getattr(device, "type", str(device))
+    if precision == "bf16" and kind == "cpu" and cpu_has_bf16_matmul() is False:
         import warnings
 
         warnings.warn("precision bf16 on a CPU without bf16 matrix instructions (no "
                       "avx512_bf16 or amx_bf16 in /proc/cpuinfo): torch emulates them, many "
                       "times slower than fp32 (docs/performance.md); use precision fp32 or "
-                      "auto here", RuntimeWarning,
-                      stacklevel=2)
+                      "auto here", RuntimeWarning, stacklevel=2)
     if precision != "auto":
         return precision
-    if getattr(device, "type", str(device)) == "cuda" and torch.cuda.is_bf16_supported():
+    if kind == "cuda" and torch.cuda.is_bf16_supported():
         return "bf16"
     return "fp32"
 
