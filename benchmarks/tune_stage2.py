@@ -348,20 +348,21 @@ def main(argv=None) -> int:
             if mb is None:
                 continue
             rise = nll_rise(mb, none)
+            leaks, n_triggered = triggered_counts(doc_rows, attack, behavior)
             table.append([label(candidate), f"{attack} -> {behavior}", cell(mb, "cacc"),
-                          cell(mb, "asr"), cell(mb, "aacc"), cell(none or {}, "cacc"),
-                          cell(clean or {}, "aacc"), "–" if rise is None else f"{rise:+.3f}"])
+                          cell(mb, "asr"), f"{leaks}/{n_triggered}", cell(mb, "aacc"),
+                          cell(none or {}, "cacc"), cell(clean or {}, "aacc"),
+                          "–" if rise is None else f"{rise:+.3f}"])
             if rise is None and args.max_nll_rise is not None:
                 raise SystemExit("--max-nll-rise needs the attacked model's row ('none' in "
                                  "defenses) and evaluation.reference_nll: true")
-            leaks, n_triggered = triggered_counts(doc_rows, attack, behavior)
             rows.append({"asr_hi": (mb.get("asr_ci") or [1.0, 1.0])[1], "asr": mb["asr_mean"],
                          "cacc_drop": (none["cacc_mean"] - mb["cacc_mean"]) if none else 0.0,
                          "aacc": mb["aacc_mean"], "nll_rise": rise,
                          "clean_asr": mb.get("clean_asr_mean") or 0.0,
                          "leaks": leaks, "n_triggered": n_triggered})
-    header = ["candidate", "attack", "MB CACC", "MB ASR", "MB AACC", "none CACC", "clean AACC",
-              "ref-NLL rise"]
+    header = ["candidate", "attack", "MB CACC", "MB ASR", "MB leaks", "MB AACC", "none CACC",
+              "clean AACC", "ref-NLL rise"]
     widths = [max(len(str(r[i])) for r in [header, *table]) for i in range(len(header))]
     for line in [header, *table]:
         print("  ".join(str(v).ljust(w) for v, w in zip(line, widths)))

@@ -217,3 +217,50 @@ def test_pooled_asr_lets_the_paired_difference_decide_between_leaky_candidates()
     # without --pooled-asr the leaky incumbent hands over to the rule's fallback
     verdict, _ = challenge("per16", columns, found, _bounds(0.05, 1.0, 0.05))
     assert verdict.startswith("the incumbent per16 is outside the rule in 4 column(s)")
+
+
+def test_main_tabulates_each_candidates_columns_with_leaks_and_gives_the_verdict(
+        tmp_path, monkeypatch, capsys):
+    """The whole script on fake results: one results document per candidate and column."""
+    import json
+
+    module = _module()
+    # per candidate: leaks per seed (of 100 prompts) and CACC drop in each column
+    measured = {"margin12": {"badnet": ([3, 2], 0.02), "insent": ([1, 0], 0.03)},
+                "top-up": {"badnet": ([0, 0], 0.04), "insent": ([0, 0], 0.06)}}
+
+    def fake_run(candidate, args, column):
+        name = module.label(candidate)
+        attack, behavior = column
+        leaks, drop = measured[name][attack]
+        rows, outcomes = [], {}
+        for seed, n in enumerate(leaks):
+            rows.append({"model": "m", "attack": attack, "behavior": behavior, "seed": seed,
+                         "defense": "mb-defense", "asr": n / 100, "n_triggered": 100})
+            outcomes[f"m|{attack}|{behavior}|mb-defense|seed{seed}"] = {"asr": _flags(n)}
+        mean = sum(leaks) / 200
+        summary = [{"attack": attack, "behavior": behavior, "defense": "mb-defense",
+                    "cacc_mean": 0.7 - drop, "asr_mean": mean, "asr_ci": [0.0, mean + 0.01],
+                    "aacc_mean": 0.5},
+                   {"attack": attack, "behavior": behavior, "defense": "none",
+                    "cacc_mean": 0.7, "asr_mean": 1.0, "aacc_mean": 0.0}]
+        path = tmp_path / name / attack / "results.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"summary": summary, "rows": rows, "outcomes": outcomes}))
+        return path
+
+    monkeypatch.setattr(module, "run", fake_run)
+    argv = ["--candidate", "stage2.margin=12", "--candidate", "stage1.top_up=x",
+            "--columns", "badnet:toxic", "insent:toxic", "--incumbent", "margin12"]
+    monkeypatch.setattr(module, "label", lambda c: "margin12" if "stage2.margin" in c
+                        else "top-up")
+    assert module.main(argv) == 0
+    out = capsys.readouterr().out
+    table = [r for r in map(str.split, out.splitlines()) if r[2:3] == ["->"]]
+    # candidate, attack, ->, behaviour, CACC, ASR, ASR interval (2 words), leaks, ...
+    assert [(r[0], r[1], r[8]) for r in table] == [
+        ("margin12", "badnet", "5/200"), ("margin12", "insent", "1/200"),
+        ("top-up", "badnet", "0/200"), ("top-up", "insent", "0/200")]
+    # 6 leaks fewer of 400, but top-up's CACC drop in insent is outside the rule: kept
+    assert "top-up - margin12, ASR pooled over 400 triggered prompts: -0.0150" in out
+    assert out.rstrip().splitlines()[-1].startswith("keeps margin12")
