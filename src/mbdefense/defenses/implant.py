@@ -29,7 +29,8 @@ from typing import Any, Callable, Sequence
 from mbdefense.data.example import Example
 from mbdefense.defenses.defensive_triggers import DefensivePair
 from mbdefense.defenses.mb_defense import DefensivePoisoningConfig
-from mbdefense.defenses.implant_check import check_implant
+from mbdefense.defenses.implant_check import (RAISE_DEFENSIVE_EXAMPLES, RAISE_TOP_UP,
+                                              check_implant)
 from mbdefense.training.config import TrainConfig
 from mbdefense.training.sft import finetune
 
@@ -62,15 +63,18 @@ def implant_stage1(model: Any, tokenizer: Any, pairs: Sequence[DefensivePair],
                    ) -> tuple[Any, dict[str, Any]]:
     """Measure the implant (and top up, by the config); returns the model and a report: the
     rates and leaks of every round, the top-up examples kept, the final warning if any."""
+    topping_up = config.on_weak_implant == "top-up" and config.top_up_per_trigger > 0
+
     def measure(m: Any, when: str):
         return check_implant(m, tokenizer, pairs, prompts, seed, max_new_tokens,
                              config.implant_threshold, log=log, when=when,
-                             max_leak=config.max_leak)
+                             max_leak=config.max_leak,
+                             remedy=RAISE_TOP_UP if topping_up else RAISE_DEFENSIVE_EXAMPLES)
 
     check = measure(model, "after stage 1")
     report: dict[str, Any] = {"rounds": [check.to_dict()], "top_up_examples": 0,
                               "top_up_discarded": None}
-    if config.on_weak_implant == "top-up" and config.top_up_per_trigger:
+    if topping_up:
         for round_ in range(1, config.top_up_rounds + 1):
             if min(check.rates.values()) >= config.implant_threshold:
                 break

@@ -50,17 +50,22 @@ def leak_rates(model: Any, tokenizer: Any, pairs: Sequence[DefensivePair],
             for p in pairs}
 
 
+#: What a weak implant's warning suggests, without and with the top-up on.
+RAISE_DEFENSIVE_EXAMPLES = "raise min_per_trigger or rate_per_trigger, or on_weak_implant='top-up'"
+RAISE_TOP_UP = "top-up rounds follow while any remain; else raise top_up_rounds or min_per_trigger"
+
+
 def weak_implant_warning(rates: dict[str, float], threshold: float,
                          leaks: dict[str, float] | None = None,
-                         max_leak: float = 1.0) -> str | None:
-    """A warning naming the defensive triggers implanted below ``threshold`` and the
-    responses that leak onto clean prompts above ``max_leak``, or None."""
+                         max_leak: float = 1.0,
+                         remedy: str = RAISE_DEFENSIVE_EXAMPLES) -> str | None:
+    """A warning naming the defensive triggers implanted below ``threshold`` (with ``remedy``)
+    and the responses that leak onto clean prompts above ``max_leak``, or None."""
     notes = []
     weak = [t for t, r in rates.items() if r < threshold]
     if weak:
         notes.append(f"defensive triggers {', '.join(weak)} elicit their behaviour on fewer than "
-                     f"{threshold:.0%} of held-out prompts; stage 2 relies on them (raise "
-                     "min_per_trigger or rate_per_trigger, or on_weak_implant='top-up')")
+                     f"{threshold:.0%} of held-out prompts; stage 2 relies on them ({remedy})")
     leaky = [t for t, r in (leaks or {}).items() if r > max_leak]
     if leaky:
         notes.append(f"the defensive responses of {', '.join(leaky)} also answer more than "
@@ -72,13 +77,14 @@ def weak_implant_warning(rates: dict[str, float], threshold: float,
 def check_implant(model: Any, tokenizer: Any, pairs: Sequence[DefensivePair],
                   prompts: Sequence[Example], seed: int, max_new_tokens: int, threshold: float,
                   log: Callable[[str], None] = print, when: str = "after stage 1",
-                  max_leak: float = 0.1) -> ImplantCheck:
+                  max_leak: float = 0.1,
+                  remedy: str = RAISE_DEFENSIVE_EXAMPLES) -> ImplantCheck:
     """Measure implant and leak rates, log them, and log the warning (if any)."""
     rates = implant_rates(model, tokenizer, pairs, prompts, seed, max_new_tokens)
     leaks = leak_rates(model, tokenizer, pairs, prompts, max_new_tokens)
     log(f"{when}: implant rates " + ", ".join(f"{t} {r:.2f}" for t, r in rates.items())
         + "; leak onto clean prompts " + ", ".join(f"{t} {r:.2f}" for t, r in leaks.items()))
-    warning = weak_implant_warning(rates, threshold, leaks, max_leak)
+    warning = weak_implant_warning(rates, threshold, leaks, max_leak, remedy)
     if warning:
         log(warning)
     return ImplantCheck(rates, leaks, warning)

@@ -125,3 +125,15 @@ def test_top_up_rounds_train_at_their_own_learning_rate(monkeypatch, rate, expec
                            TrainConfig(learning_rate=3e-4), seed=0, max_new_tokens=8,
                            log=lambda m: None)
     assert rates == [expected, expected]
+
+
+def test_a_weak_implant_warning_names_the_trigger_and_a_remedy_that_applies():
+    from mbdefense.defenses.implant_check import RAISE_TOP_UP, weak_implant_warning
+
+    rates = {"word:mn": 0.34, "word:bb": 0.9}
+    said = weak_implant_warning(rates, 0.5)
+    assert "word:mn" in said and "word:bb" not in said and "fewer than 50%" in said
+    assert "on_weak_implant='top-up'" in said          # the top-up is off: suggest it
+    said = weak_implant_warning(rates, 0.5, remedy=RAISE_TOP_UP)
+    assert "on_weak_implant='top-up'" not in said and "top_up_rounds" in said
+    assert weak_implant_warning(rates, 0.3) is None
