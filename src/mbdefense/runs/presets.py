@@ -34,8 +34,8 @@ def embedded() -> Settings:
         # a defensive trigger implanted on under half of the held-out trusted prompts gets the
         # top-up at a sixth of the fine-tune's learning rate (5e-5), chosen on the validation split
         # over every Table 1 column and 3 seeds on an AVX2 CPU (docs/results.md): at 40 per
-        # trigger `mn` reached only 0.28-0.39 there, and BGM -> toxic leaked on 20 of 1,014
-        # prompts; the top-up brings that to 3, pooled 33 -> 15, CACC within the bound
+        # trigger `mn` reached only 0.16-0.52 there, and BGM -> toxic leaked on 20 of 1,014
+        # prompts; the top-up brings that to 3, pooled 33 -> 15 of 8,112, CACC within the bound
         stage1=DefensivePoisoningConfig(min_per_trigger=40, on_weak_implant="top-up",
                                         implant_threshold=0.5, top_up_learning_rate=5e-5),
         # margin 12 (per-token nats), LoRA r16 on attention at lr 1e-3, one random-insertion

@@ -227,7 +227,7 @@ def test_main_tabulates_each_candidates_columns_with_leaks_and_gives_the_verdict
     module = _module()
     # per candidate: leaks per seed (of 100 prompts) and CACC drop in each column
     measured = {"margin12": {"badnet": ([3, 2], 0.02), "insent": ([1, 0], 0.03)},
-                "top-up": {"badnet": ([0, 0], 0.04), "insent": ([0, 0], 0.06)}}
+                "top_up_rounds2": {"badnet": ([0, 0], 0.04), "insent": ([0, 0], 0.06)}}
 
     def fake_run(candidate, args, column):
         name = module.label(candidate)
@@ -250,17 +250,15 @@ def test_main_tabulates_each_candidates_columns_with_leaks_and_gives_the_verdict
         return path
 
     monkeypatch.setattr(module, "run", fake_run)
-    argv = ["--candidate", "stage2.margin=12", "--candidate", "stage1.top_up=x",
+    argv = ["--candidate", "stage2.margin=12", "--candidate", "stage1.top_up_rounds=2",
             "--columns", "badnet:toxic", "insent:toxic", "--incumbent", "margin12"]
-    monkeypatch.setattr(module, "label", lambda c: "margin12" if "stage2.margin" in c
-                        else "top-up")
     assert module.main(argv) == 0
     out = capsys.readouterr().out
     table = [r for r in map(str.split, out.splitlines()) if r[2:3] == ["->"]]
     # candidate, attack, ->, behaviour, CACC, ASR, ASR interval (2 words), leaks, ...
     assert [(r[0], r[1], r[8]) for r in table] == [
         ("margin12", "badnet", "5/200"), ("margin12", "insent", "1/200"),
-        ("top-up", "badnet", "0/200"), ("top-up", "insent", "0/200")]
-    # 6 leaks fewer of 400, but top-up's CACC drop in insent is outside the rule: kept
-    assert "top-up - margin12, ASR pooled over 400 triggered prompts: -0.0150" in out
+        ("top_up_rounds2", "badnet", "0/200"), ("top_up_rounds2", "insent", "0/200")]
+    # 6 leaks fewer of 400, but the challenger's CACC drop in insent is outside the rule: kept
+    assert "top_up_rounds2 - margin12, ASR pooled over 400 triggered prompts: -0.0150" in out
     assert out.rstrip().splitlines()[-1].startswith("keeps margin12")
