@@ -187,8 +187,9 @@ class Bounds(NamedTuple):
 class Standing(NamedTuple):
     """A candidate over its columns: within the NLL bound in all, how many within the rule,
     of how many, mean ASR (to two decimals; pooled over the triggered prompts with
-    ``pooled_asr``), mean AACC, and whether the pooled ASR clears the bound (True when the
-    bound is per column)."""
+    ``pooled_asr``), mean AACC, whether the pooled ASR clears the bound (True when the
+    bound is per column), and the triggered prompts that leak, of how many, over every
+    column and seed."""
 
     nll_ok: bool
     within: int
@@ -196,6 +197,8 @@ class Standing(NamedTuple):
     asr: float
     aacc: float
     pooled_ok: bool = True
+    leaks: int = 0
+    n_triggered: int = 0
 
 
 def standings(columns: dict[str, list[dict]], bounds: Bounds) -> dict[str, Standing]:
@@ -215,13 +218,14 @@ def standings(columns: dict[str, list[dict]], bounds: Bounds) -> dict[str, Stand
         if not rows:
             continue
         asr, pooled_ok = sum(r["asr"] for r in rows) / len(rows), True
+        leaks = sum(r.get("leaks", 0) for r in rows)
+        n = sum(r.get("n_triggered", 0) for r in rows)
         if bounds.pooled_asr:
-            leaks, n = sum(r["leaks"] for r in rows), sum(r["n_triggered"] for r in rows)
             asr, pooled_ok = leaks / n, wilson(leaks, n)[1] <= bounds.max_asr
         found[name] = Standing(nll_ok=all(nll_ok(r) for r in rows),
                                within=sum(within(r) for r in rows), n=len(rows),
                                asr=round(asr, 2), aacc=sum(r["aacc"] for r in rows) / len(rows),
-                               pooled_ok=pooled_ok)
+                               pooled_ok=pooled_ok, leaks=leaks, n_triggered=n)
     return found
 
 
@@ -369,7 +373,9 @@ def main(argv=None) -> int:
     bounds = Bounds(args.max_asr, args.max_cacc_drop, args.max_nll_rise, args.max_clean_asr,
                     args.pooled_asr)
     for name, st in standings(columns, bounds).items() if args.pooled_asr else ():
-        print(f"{name}: ASR pooled over every column and seed {st.asr:.3f}"
+        low, high = wilson(st.leaks, st.n_triggered)
+        print(f"{name}: ASR pooled over every column and seed {st.leaks}/{st.n_triggered} = "
+              f"{st.leaks / st.n_triggered:.4f} [{low:.4f}, {high:.4f}]"
               f"{'' if st.pooled_ok else ' (its interval ends above --max-asr)'}")
     if args.incumbent is None:
         print("\n" + pick(columns, bounds))

@@ -262,3 +262,10 @@ def test_main_tabulates_each_candidates_columns_with_leaks_and_gives_the_verdict
     # 6 leaks fewer of 400, but the challenger's CACC drop in insent is outside the rule: kept
     assert "top_up_rounds2 - margin12, ASR pooled over 400 triggered prompts: -0.0150" in out
     assert out.rstrip().splitlines()[-1].startswith("keeps margin12")
+    # pooled, each candidate's exact count over every column and seed, with its interval
+    assert module.main([*argv, "--pooled-asr"]) == 0
+    out = capsys.readouterr().out
+    assert "margin12: ASR pooled over every column and seed 6/400 = 0.0150 [0.0069, 0.0323]" \
+        in out
+    assert "top_up_rounds2: ASR pooled over every column and seed 0/400 = 0.0000 [0.0000, " \
+        "0.0095]" in out
