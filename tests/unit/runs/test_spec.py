@@ -62,6 +62,7 @@ def test_smollm2_config_is_the_real_model_benchmark_setup():
     assert spec.models[0].name == "smollm2-135m" and settings.data.kind == "backdoorllm"
     assert (settings.data.n_train, settings.data.n_trusted, settings.data.n_test) == (200, 40, 50)
     assert settings.evaluation.stage1_rows and settings.evaluation.reference_nll
+    assert settings.stage1.min_per_trigger == 40    # the validation choice (docs/results.md)
 
 
 def test_overrides_reach_every_cell(tmp_path):
