@@ -19,7 +19,8 @@ from mbdefense.defenses.base import Capabilities, Defense, FinetuneContext
 from mbdefense.defenses.defensive_triggers import (DEFAULT_DEFENSIVE_TOKENS, DefensivePair,
                                                    make_defensive_pairs, random_insertion)
 from mbdefense.defenses.neutralization import (ANCHOR_SOURCE, NeutralizationConfig,
-                                                fine_tune_settings, neutralize, pair_specs)
+                                                check_triggers_per_copy, fine_tune_settings,
+                                                neutralize, pair_specs)
 from mbdefense.core.errors import ConfigError
 
 
@@ -146,6 +147,7 @@ class MBDefense(Defense):
         self.pairs = make_defensive_pairs(self.stage1.triggers, self.stage1.responses,
                                           seed=self.stage1.seed,
                                           phrase_length=self.stage1.phrase_length)
+        check_triggers_per_copy(self.stage2.triggers_per_copy, len(self.pairs))
         self.diagnostics["defensive_pairs"] = [
             {"trigger": p.trigger.spec, "response": p.behavior.text} for p in self.pairs]
 

@@ -35,6 +35,9 @@ class NeutralizationConfig:
     margin: float = 5.0              # R = log sigmoid(lp_clean - lp_defensive - margin)
     triggered_ce: float = 0.0        # weight of CE(x_d, y): the clean answer under a trigger
     triggers_per_step: str = "one"   # "one" sampled defensive trigger per example, or "all"
+    # Defensive triggers in each triggered copy, at distinct spots: the copy's own and this many
+    # minus one others (the R term weighs the clean answer against the copy's own behaviour)
+    triggers_per_copy: int = 1
     # Repair phase: after the break, this many more epochs of the same objective with the clean
     # answer's CE under the defensive triggers weighted by repair_weight (0: no repair phase)
     repair_epochs: float = 0.0
@@ -47,6 +50,9 @@ class NeutralizationConfig:
     anchor: float = 0.0
     eval_fraction: float = 0.2       # the paper's 8:2 split of the trusted set
     train: TrainConfig | None = None
+
+    def __post_init__(self) -> None:
+        check_triggers_per_copy(self.triggers_per_copy, 0)
 
     def train_config(self) -> TrainConfig:
         return self.train or TrainConfig(epochs=4.0, learning_rate=1e-4, batch_size=8,
@@ -118,6 +124,24 @@ def neutralize(model: Any, tokenizer: Any, trusted: Sequence[Example],
     return model, info
 
 
+def check_triggers_per_copy(count: int, n_pairs: int) -> None:
+    if int(count) != count or count < 1:
+        raise ConfigError(f"stage2.triggers_per_copy: must be a whole number >= 1, got {count}")
+    if n_pairs and count > n_pairs:
+        raise ConfigError(f"stage2.triggers_per_copy: {count} is more than the {n_pairs} "
+                          "defensive triggers")
+
+
+def stacked_insert(instruction: str, pair: DefensivePair, pairs: Sequence[DefensivePair],
+                   count: int, rng: random.Random) -> str:
+    """``instruction`` with ``pair``'s trigger and ``count - 1`` other defensive triggers
+    (distinct, seeded) inserted, each at its own random place."""
+    others = [p for p in pairs if p is not pair]
+    for extra in rng.sample(others, count - 1) if count > 1 else []:
+        instruction = extra.trigger.insert(instruction, rng)
+    return pair.trigger.insert(instruction, rng)
+
+
 def _train_phase(model: Any, tokenizer: Any, trusted: Sequence[Example],
                  pairs: Sequence[DefensivePair], config: NeutralizationConfig, seed: int,
                  augment: Callable[[list[Example], random.Random], list[Example]] | None,
@@ -125,6 +149,7 @@ def _train_phase(model: Any, tokenizer: Any, trusted: Sequence[Example],
     train_cfg = replace(config.train_config(), seed=seed)   # LoRA init, dropout: this seed
     if config.triggers_per_step not in ("all", "one"):
         raise ValueError("triggers_per_step must be 'all' or 'one'")
+    check_triggers_per_copy(config.triggers_per_copy, len(pairs))
     rng = random.Random(f"neutralize-split:{seed}")
     shuffled = list(trusted)
     rng.shuffle(shuffled)
@@ -153,8 +178,9 @@ def _train_phase(model: Any, tokenizer: Any, trusted: Sequence[Example],
             if config.triggers_per_step == "one" and active_pairs:
                 chosen = [batch_rng.choice(active_pairs)]
             for pair in chosen:
-                triggered = example.replace(instruction=pair.trigger.insert(example.instruction,
-                                                                            batch_rng))
+                triggered = example.replace(instruction=stacked_insert(
+                    example.instruction, pair, active_pairs, config.triggers_per_copy,
+                    batch_rng))
                 trig_clean.append(encode_example(tokenizer, triggered, max_len))
                 trig_def.append(encode_example(tokenizer, triggered, max_len,
                                                response=pair.behavior.text))

@@ -46,6 +46,9 @@ DEFEND_OPTIONS: tuple[tuple[str, tuple[str, ...], str], ...] = (
                                            "(mean|sum)"),
     ("--stage2-triggers", ("stage2.triggers_per_step",), "defensive triggers per trusted "
                                                          "example in a stage-2 step (all|one)"),
+    ("--triggers-per-copy", ("stage2.triggers_per_copy",), "defensive triggers inserted at once "
+                                                           "in each of stage 2's triggered copies "
+                                                           "(1: the paper)"),
     ("--stage1-mode", ("stage1.mode",), "add the defensive examples to the training set, or "
                                         "replace training examples with them (add|replace)"),
     ("--min-per-trigger", ("stage1.min_per_trigger",), "at least this many defensive examples "

@@ -17,6 +17,7 @@ from typing import Any
 
 from mbdefense.core.errors import ConfigError
 from mbdefense.defenses import DefensivePoisoningConfig, NeutralizationConfig
+from mbdefense.defenses.neutralization import check_triggers_per_copy
 from mbdefense.evaluation.judge import JudgeConfig
 from mbdefense.results.document import CLEAN_REFERENCE
 from mbdefense.runs.embedded import BaseRecipe
@@ -192,6 +193,7 @@ class Settings:
             _positive("stage2", name, getattr(self.stage2, name), zero_ok=True)
         _positive("stage1", "rate_per_trigger", self.stage1.rate_per_trigger, zero_ok=True)
         check_defensive_pairs(self.stage1)
+        check_triggers_per_copy(self.stage2.triggers_per_copy, len(self.stage1.triggers))
 
 
 def check_defensive_pairs(stage1: DefensivePoisoningConfig) -> None:

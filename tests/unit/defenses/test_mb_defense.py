@@ -88,3 +88,34 @@ def test_insertion_copies_keep_the_answer_and_never_carry_a_known_trigger():
     sources = [t for t in trusted for _ in "ab"]
     assert [c.meta[ANCHOR_SOURCE] for c in copies] == [t.instruction for t in sources]
     assert not any(ANCHOR_SOURCE in t.meta for t in out[:30])
+
+
+def test_stacked_copies_carry_distinct_defensive_triggers_and_the_own_one():
+    import random
+
+    from mbdefense.defenses.neutralization import stacked_insert
+
+    pairs = make_defensive_pairs()
+    prompt = "Name three primary colours of light"
+    for count in (1, 2, 4):
+        for trial in range(20):
+            rng = random.Random(trial)
+            own = pairs[trial % len(pairs)]
+            out = stacked_insert(prompt, own, pairs, count, rng)
+            present = [p for p in pairs if p.trigger.present(out)]
+            assert own in present and len(present) == count, out
+            words = out.split()
+            assert sum(w in {"mn", "bb", "zx", "qv"} for w in words) == count
+            assert out == stacked_insert(prompt, own, pairs, count, random.Random(trial))
+
+
+@pytest.mark.parametrize("count, message", [
+    (0, "stage2.triggers_per_copy: must be a whole number >= 1, got 0"),
+    (5, "stage2.triggers_per_copy: 5 is more than the 4 defensive triggers"),
+])
+def test_triggers_per_copy_out_of_range_is_a_clear_error(count, message):
+    from mbdefense.defenses import NeutralizationConfig
+
+    with pytest.raises(ConfigError) as info:
+        make_defense("mb-defense", stage2=NeutralizationConfig(triggers_per_copy=count))
+    assert str(info.value) == message

@@ -139,3 +139,28 @@ def test_the_anchor_under_a_sharded_engine_is_a_clear_error(tiny_model, tokenize
     assert launched_with_sharded_weights()
     monkeypatch.setenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", "2")
     assert not launched_with_sharded_weights()
+
+
+def test_stacked_copies_reach_the_r_term(tiny_model, tokenizer, monkeypatch):
+    """``triggers_per_copy=2``: every triggered prompt stage 2 trains and evaluates on carries
+    two distinct defensive triggers, and the defensive answer is one of theirs."""
+    from mbdefense.defenses import neutralization
+
+    seen = []
+    real = neutralization.encode_example
+
+    def spy(tok, example, max_len, response=None):
+        seen.append((example.instruction, response))
+        return real(tok, example, max_len, response=response)
+
+    monkeypatch.setattr(neutralization, "encode_example", spy)
+    pairs = make_defensive_pairs(["mn", "bb", "zx"])
+    config = NeutralizationConfig(triggers_per_copy=2, train=TrainConfig(
+        epochs=1, learning_rate=1e-3, batch_size=8, progress=False))
+    neutralize(copy.deepcopy(tiny_model), tokenizer, generate(10, 0), pairs, config, seed=0)
+    defensive = [(text, answer) for text, answer in seen if answer is not None]
+    assert len(defensive) == 10                     # one triggered copy per trusted example
+    for text, answer in defensive:
+        present = [p for p in pairs if p.trigger.present(text)]
+        assert len(present) == 2, text
+        assert answer in {p.behavior.text for p in present}

@@ -130,6 +130,8 @@ def test_stage2_settings_added_later_stay_out_of_keys_at_their_default():
     plain = weight_settings(NeutralizationConfig())
     assert "repair_epochs" not in plain and "repair_weight" not in plain
     assert weight_settings(replace(NeutralizationConfig(), repair_epochs=2.0)) != plain
+    assert "triggers_per_copy" not in plain
+    assert weight_settings(replace(NeutralizationConfig(), triggers_per_copy=2)) != plain
 
 
 def test_stage1_keys_keep_their_shape_and_follow_the_top_up_rate():

@@ -195,3 +195,11 @@ def test_list_and_optional_settings_are_checked_by_their_declared_types(tmp_path
         == ["mn", "bb"]
     with pytest.raises(ConfigError, match="stage1.triggers: expected list"):
         load_grid_config(write(tmp_path, "stage1:\n  triggers: mn\n"))
+
+
+def test_more_triggers_per_copy_than_defensive_triggers_fails_before_any_work(tmp_path):
+    path = write(tmp_path, "stage1:\n  triggers: [mn, bb]\n")
+    assert load_grid_config(path, ["stage2.triggers_per_copy=2"]) is not None
+    with pytest.raises(ConfigError, match="stage2.triggers_per_copy: 3 is more than the 2 "
+                                          "defensive triggers"):
+        load_grid_config(path, ["stage2.triggers_per_copy=3"])
