@@ -135,9 +135,11 @@ def check_triggers_per_copy(count: int, n_pairs: int) -> None:
 def stacked_insert(instruction: str, pair: DefensivePair, pairs: Sequence[DefensivePair],
                    count: int, rng: random.Random) -> str:
     """``instruction`` with ``pair``'s trigger and ``count - 1`` other defensive triggers
-    (distinct, seeded) inserted, each at its own random place."""
+    (distinct, seeded) inserted, each at its own random place; ``count`` 1 draws no more from
+    ``rng`` than inserting ``pair``'s trigger alone. The caller checks ``count`` against the
+    pairs (:func:`check_triggers_per_copy`, when the defense is built)."""
     others = [p for p in pairs if p is not pair]
-    for extra in rng.sample(others, count - 1) if count > 1 else []:
+    for extra in rng.sample(others, count - 1):
         instruction = extra.trigger.insert(instruction, rng)
     return pair.trigger.insert(instruction, rng)
 
@@ -149,7 +151,6 @@ def _train_phase(model: Any, tokenizer: Any, trusted: Sequence[Example],
     train_cfg = replace(config.train_config(), seed=seed)   # LoRA init, dropout: this seed
     if config.triggers_per_step not in ("all", "one"):
         raise ValueError("triggers_per_step must be 'all' or 'one'")
-    check_triggers_per_copy(config.triggers_per_copy, len(pairs))
     rng = random.Random(f"neutralize-split:{seed}")
     shuffled = list(trusted)
     rng.shuffle(shuffled)

@@ -119,3 +119,19 @@ def test_triggers_per_copy_out_of_range_is_a_clear_error(count, message):
     with pytest.raises(ConfigError) as info:
         make_defense("mb-defense", stage2=NeutralizationConfig(triggers_per_copy=count))
     assert str(info.value) == message
+
+
+def test_one_trigger_per_copy_inserts_as_before():
+    """The default draws the same random numbers as inserting the copy's own trigger alone, so
+    stage 2 at the default trains on the same prompts as before the setting existed."""
+    import random
+
+    from mbdefense.defenses.neutralization import stacked_insert
+
+    pairs = make_defensive_pairs()
+    for trial in range(20):
+        alone, stacked = random.Random(trial), random.Random(trial)
+        prompt = f"Describe step {trial} of making bread"
+        assert stacked_insert(prompt, pairs[trial % 4], pairs, 1, stacked) == \
+            pairs[trial % 4].trigger.insert(prompt, alone)
+        assert stacked.random() == alone.random()
