@@ -111,8 +111,11 @@ def neutralize(model: Any, tokenizer: Any, trusted: Sequence[Example],
     fine-tuning adds triggered copies there, so an example and its copies stay on one side).
     Returns the model with the best-eval-loss weights and a history of the eval losses; with
     ``repair_epochs``, the repair phase then starts from those weights (its own history and
-    best epoch under ``"repair"``).
+    best epoch under ``"repair"``). ``config.triggers_per_copy`` above the number of ``pairs``
+    is a :class:`ConfigError` before any training.
     """
+    if pairs:
+        check_triggers_per_copy(config.triggers_per_copy, len(pairs))
     model, info = _train_phase(model, tokenizer, trusted, pairs, config, seed, augment)
     if config.repair_epochs > 0 and pairs:
         train = config.train_config()
@@ -137,7 +140,8 @@ def stacked_insert(instruction: str, pair: DefensivePair, pairs: Sequence[Defens
     """``instruction`` with ``pair``'s trigger and ``count - 1`` other defensive triggers
     (distinct, seeded) inserted, each at its own random place; ``count`` 1 draws no more from
     ``rng`` than inserting ``pair``'s trigger alone. The caller checks ``count`` against the
-    pairs (:func:`check_triggers_per_copy`, when the defense is built)."""
+    pairs (:func:`check_triggers_per_copy`: when the defense is built, and on entering
+    :func:`neutralize`)."""
     others = [p for p in pairs if p is not pair]
     for extra in rng.sample(others, count - 1):
         instruction = extra.trigger.insert(instruction, rng)

@@ -6,6 +6,7 @@ import copy
 import pytest
 import torch
 
+from mbdefense.core.errors import ConfigError
 from mbdefense.data.suite import generate
 from mbdefense.defenses.defensive_triggers import make_defensive_pairs
 from mbdefense.defenses.neutralization import NeutralizationConfig, neutralize
@@ -122,8 +123,6 @@ def test_baselines_never_get_the_anchor(tiny_model, tokenizer):
 
 
 def test_the_anchor_under_a_sharded_engine_is_a_clear_error(tiny_model, tokenizer, monkeypatch):
-    from mbdefense.core.errors import ConfigError
-
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
     config = NeutralizationConfig(anchor=1.0, train=TrainConfig(epochs=1, progress=False))
@@ -164,3 +163,18 @@ def test_stacked_copies_reach_the_r_term(tiny_model, tokenizer, monkeypatch):
         present = [p for p in pairs if p.trigger.present(text)]
         assert len(present) == 2, text
         assert answer in {p.behavior.text for p in present}
+
+
+def test_neutralize_checks_triggers_per_copy_before_training(tiny_model, tokenizer, monkeypatch):
+    """A direct caller with more triggers per copy than pairs gets the tool's clear error,
+    not a bare ValueError from the sampler, and nothing is trained."""
+    from mbdefense.defenses import neutralization
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained before the check")
+
+    monkeypatch.setattr(neutralization, "_train_phase", no_training)
+    config = NeutralizationConfig(triggers_per_copy=3)
+    with pytest.raises(ConfigError, match="3 is more than the 2 defensive triggers"):
+        neutralize(tiny_model, tokenizer, generate(10, 0), make_defensive_pairs(["mn", "bb"]),
+                   config, seed=0)
