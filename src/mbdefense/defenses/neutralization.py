@@ -114,8 +114,7 @@ def neutralize(model: Any, tokenizer: Any, trusted: Sequence[Example],
     best epoch under ``"repair"``). ``config.triggers_per_copy`` above the number of ``pairs``
     is a :class:`ConfigError` before any training.
     """
-    if pairs:
-        check_triggers_per_copy(config.triggers_per_copy, len(pairs))
+    check_triggers_per_copy(config.triggers_per_copy, len(pairs))
     model, info = _train_phase(model, tokenizer, trusted, pairs, config, seed, augment)
     if config.repair_epochs > 0 and pairs:
         train = config.train_config()
