@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Iterable, Sequence
 
 from mbdefense.results.intervals import CONFIDENCE, wilson
@@ -70,13 +71,14 @@ class PairedDifference:
 
 def mcnemar_exact(only_a: int, only_b: int) -> float:
     """Two-sided exact McNemar p-value: under "no difference" each discordant prompt falls
-    to either side with probability 1/2."""
+    to either side with probability 1/2. Exact integer arithmetic, so pooled comparisons with
+    a thousand or more discordant prompts neither overflow nor lose the tail."""
     m = only_a + only_b
     if m == 0:
         return 1.0
     k = min(only_a, only_b)
-    tail = sum(math.comb(m, i) for i in range(k + 1)) / 2.0 ** m
-    return min(1.0, 2.0 * tail)
+    tail = Fraction(sum(math.comb(m, i) for i in range(k + 1)), 2 ** m)
+    return min(1.0, float(2 * tail))
 
 
 def _phi(both: int, only_a: int, only_b: int, neither: int) -> float:

@@ -23,6 +23,16 @@ def test_mcnemar_exact_counts_only_the_discordant_prompts():
     assert mcnemar_exact(9, 2) == pytest.approx(2 * (1 + 11 + 55) / 2 ** 11)
 
 
+def test_mcnemar_exact_holds_for_pooled_comparisons_of_thousands_of_prompts():
+    # 2.0 ** m overflows a float past m = 1023 discordant prompts
+    assert mcnemar_exact(600, 600) == 1.0
+    # 700 against 500: z = 200 / sqrt(1200) = 5.8, a two-sided p near 1e-8
+    assert 1e-10 < mcnemar_exact(700, 500) < 1e-7
+    assert mcnemar_exact(2000, 0) == 0.0                      # 2 ** -1999: below a float
+    assert mcnemar_exact(520, 505) == pytest.approx(
+        2 * sum(math.comb(1025, i) for i in range(506)) / 2 ** 1025)
+
+
 def test_a_one_sided_leak_is_a_difference_and_no_leak_is_none():
     leak = compare_counts(1014, both=0, only_a=7, only_b=0)
     assert leak.difference == pytest.approx(7 / 1014)
