@@ -6,7 +6,8 @@ setting (model, behaviour, attack) with an ``mb-defense`` row gets a table: one 
 row (the clean reference, the attacked model, each baseline), with the difference in CACC, ASR
 and AACC (MB-Defense minus the other), its 95% interval for paired data and the exact McNemar
 p-value, pooled over the seeds both rows were scored on. A difference whose interval holds 0
-is not evidence that either is ahead.
+is not evidence that either is ahead. With several settings, one more table pools each
+comparison over every setting and seed (the headline "over all triggered prompts" figure).
 """
 
 from __future__ import annotations
@@ -27,7 +28,10 @@ PAIRED_NOTE: tuple[Inline, ...] = (
     "'s rate minus the other's (for ASR, below 0 means fewer triggered prompts show the "
     "attacker's behaviour), with its 95% interval for paired proportions (Newcombe's method "
     "10) and the two-sided exact McNemar p-value, which only the prompts where the two "
-    "disagree decide. An interval that holds 0 shows no difference either way.")
+    "disagree decide. An interval that holds 0 shows no difference either way. With several "
+    "settings, the last table pools each comparison over every setting where both rows were "
+    "scored: their prompts counted as one sample, which leaves out the variation between "
+    "settings and seeds.")
 
 Row = dict[str, Any]
 
@@ -44,11 +48,13 @@ def _flags(outcomes: Mapping[str, Any], row: Mapping[str, Any], metric: str
     return parse_flags(found) if isinstance(found, str) and found else None
 
 
-def compare_rows(mine: Sequence[Row], other: Sequence[Row], outcomes: Mapping[str, Any],
-                 metric: str) -> tuple[PairedDifference, list[int]] | None:
-    """``mine`` against ``other`` (rows of one setting) on ``metric``, pooled over the seeds
-    where both have per-prompt outcomes of the same length; with those seeds. None when no
-    seed has both."""
+Pair = tuple[list[bool], list[bool]]
+
+
+def _row_pairs(mine: Sequence[Row], other: Sequence[Row], outcomes: Mapping[str, Any],
+               metric: str) -> tuple[list[Pair], list[int]]:
+    """Per-prompt outcomes of ``mine`` and ``other`` on ``metric``, seed by seed, where both
+    have them with the same length; with those seeds."""
     by_seed = {r["seed"]: r for r in other}
     pairs, seeds = [], []
     for row in sorted(mine, key=lambda r: r["seed"]):
@@ -58,58 +64,112 @@ def compare_rows(mine: Sequence[Row], other: Sequence[Row], outcomes: Mapping[st
         if a is not None and b is not None and len(a) == len(b):
             pairs.append((a, b))
             seeds.append(row["seed"])
+    return pairs, seeds
+
+
+def compare_rows(mine: Sequence[Row], other: Sequence[Row], outcomes: Mapping[str, Any],
+                 metric: str) -> tuple[PairedDifference, list[int]] | None:
+    """``mine`` against ``other`` (rows of one setting) on ``metric``, pooled over the seeds
+    where both have per-prompt outcomes of the same length; with those seeds. None when no
+    seed has both."""
+    pairs, seeds = _row_pairs(mine, other, outcomes, metric)
     return (compare_flags(pairs), seeds) if pairs else None
 
 
 def difference_text(found: PairedDifference) -> str:
-    """``+0.007 [+0.002, +0.014], p 0.016``."""
-    return (f"{found.difference:+.3f} [{found.low:+.3f}, {found.high:+.3f}], "
-            f"p {found.p_value:.3g}")
+    """``+0.007 [+0.002, +0.014], p 0.016`` (``p < 1e-300`` where p is below a float)."""
+    p = f"p {found.p_value:.3g}" if found.p_value > 0 else "p < 1e-300"
+    return f"{found.difference:+.3f} [{found.low:+.3f}, {found.high:+.3f}], {p}"
+
+
+def _split_by_label(rows: Sequence[Row]) -> tuple[list[Row], dict[str, list[Row]]]:
+    """MB-Defense's rows, and every other row by its label (in order of appearance)."""
+    by_label: dict[str, list[Row]] = {}
+    for row in rows:
+        by_label.setdefault(row_label(row), []).append(row)
+    return by_label.pop(HIGHLIGHT_LABEL, []), by_label
+
+
+def _table(title: str, first: str, lines: list[tuple[str, Cell, dict[str, list[Pair]]]],
+           colours: Mapping[str, str] | None) -> Table | None:
+    """One line per compared row: its label, a cell saying what was pooled, and the pooled
+    pairs of each metric (an empty list where none had outcomes)."""
+    columns = [Column(f"{HIGHLIGHT_LABEL} against"), Column(first),
+               Column("prompts (clean / triggered)", kind="num")]
+    columns += [Column(f"Δ {name} [95% CI], p", kind="num") for _, name in PAIRED_METRICS]
+    body = []
+    for label, pooled_over, pairs in lines:
+        found = {metric: compare_flags(p) if p else None for metric, p in pairs.items()}
+        if not any(found.values()):
+            continue
+        triggered = found["asr"] or found["aacc"]
+        line = [Cell(label, label, colour=(colours or {}).get(label), **flags(label)),
+                pooled_over,
+                Cell(f"{found['cacc'].n if found['cacc'] else '?'} / "
+                     f"{triggered.n if triggered else '?'}")]
+        line += [Cell(difference_text(v), v.difference) if v else Cell("n/a")
+                 for v in (found[m] for m, _ in PAIRED_METRICS)]
+        body.append(line)
+    return Table(columns, body, title=title, stub=1) if body else None
 
 
 def paired_table(title: str, rows: Sequence[Row], outcomes: Mapping[str, Any],
                  colours: Mapping[str, str] | None = None) -> Table | None:
     """One setting's comparisons, or None when MB-Defense has no outcomes to compare."""
-    by_label: dict[str, list[Row]] = {}
-    for row in rows:
-        by_label.setdefault(row_label(row), []).append(row)
-    mine = by_label.pop(HIGHLIGHT_LABEL, [])
-    columns = [Column(f"{HIGHLIGHT_LABEL} against"), Column("seeds"),
-               Column("prompts (clean / triggered)", kind="num")]
-    columns += [Column(f"Δ {name} [95% CI], p", kind="num") for _, name in PAIRED_METRICS]
+    mine, others = _split_by_label(rows)
     lines = []
-    for label, theirs in by_label.items():
-        found = {metric: compare_rows(mine, theirs, outcomes, metric)
+    for label, theirs in others.items():
+        found = {metric: _row_pairs(mine, theirs, outcomes, metric)
                  for metric, _ in PAIRED_METRICS}
-        if not any(found.values()):
-            continue
-        seeds = next(v[1] for v in found.values() if v)
-        clean_n = found["cacc"][0].n if found["cacc"] else "?"
-        triggered = found["asr"] or found["aacc"]
-        line = [Cell(label, label, colour=(colours or {}).get(label), **flags(label)),
-                Cell(", ".join(map(str, seeds)), seeds),
-                Cell(f"{clean_n} / {triggered[0].n if triggered else '?'}")]
-        line += [Cell(difference_text(v[0]), v[0].difference) if v else Cell("n/a")
-                 for v in (found[m] for m, _ in PAIRED_METRICS)]
-        lines.append(line)
-    return Table(columns, lines, title=title, stub=1) if lines else None
+        seeds = next((s for _, s in found.values() if s), [])
+        lines.append((label, Cell(", ".join(map(str, seeds)), seeds),
+                      {metric: p for metric, (p, _) in found.items()}))
+    return _table(title, "seeds", lines, colours)
+
+
+def pooled_table(settings: Sequence[Sequence[Row]], outcomes: Mapping[str, Any],
+                 colours: Mapping[str, str] | None = None) -> Table | None:
+    """Each comparison pooled over every setting (and seed) where both rows were scored: the
+    prompts of all settings counted as one sample. None when no row has outcomes."""
+    pooled: dict[str, dict[str, list[Pair]]] = {}
+    counted: dict[str, int] = {}
+    for rows in settings:
+        mine, others = _split_by_label(rows)
+        for label, theirs in others.items():
+            into = pooled.setdefault(label, {metric: [] for metric, _ in PAIRED_METRICS})
+            scored = False
+            for metric, _ in PAIRED_METRICS:
+                pairs, _seeds = _row_pairs(mine, theirs, outcomes, metric)
+                into[metric] += pairs
+                scored = scored or bool(pairs)
+            counted[label] = counted.get(label, 0) + scored
+    lines = [(label, Cell(f"{counted[label]} of {len(settings)}", counted[label]), pairs)
+             for label, pairs in pooled.items()]
+    return _table("over every setting, pooled", "settings", lines, colours)
 
 
 def paired_tables(rows: Sequence[Row], outcomes: Mapping[str, Any],
                   colours: Mapping[str, str] | None = None) -> list[Table]:
-    """A table per (model, behaviour, attack) whose MB-Defense rows have outcomes."""
+    """A table per (model, behaviour, attack) whose MB-Defense rows have outcomes, and with
+    two or more of those, one more that pools each comparison over all of them."""
     if not outcomes:
         return []
     settings: dict[tuple[str, str, str], list[Row]] = {}
     for row in rows:
         settings.setdefault((row["model"], row["behavior"], row["attack"]), []).append(row)
-    tables = []
+    tables, compared = [], []
     for (model, behavior, attack), members in settings.items():
         table = paired_table(f"{model} · {behavior} · {attack_title(attack)}", members,
                              outcomes, colours)
         if table is not None:
             tables.append(table)
+            compared.append(members)
+    if len(compared) > 1:
+        overall = pooled_table(compared, outcomes, colours)
+        if overall is not None:
+            tables.append(overall)
     return tables
 
 
-__all__ = ["PAIRED_NOTE", "compare_rows", "outcome_key", "paired_table", "paired_tables"]
+__all__ = ["PAIRED_NOTE", "compare_rows", "outcome_key", "paired_table", "paired_tables",
+           "pooled_table"]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mbdefense.reporting.paired import outcome_key, paired_tables
+from mbdefense.reporting.paired import difference_text, outcome_key, paired_tables
 from mbdefense.reporting.report import markdown_report
 from mbdefense.results.paired import compare_counts
 
@@ -56,3 +56,33 @@ def test_the_section_appears_only_where_outcomes_were_kept():
     partial = dict(doc, outcomes={k: v for k, v in doc["outcomes"].items() if "seed1" not in k})
     [table] = paired_tables(partial["rows"], partial["outcomes"])
     assert table.rows[1][1].text == "0" and table.rows[1][2].text == "100 / 100"
+
+
+def _setting(doc: dict, attack: str) -> dict:
+    """``doc``'s rows and outcomes moved to another attack (another setting)."""
+    rows = [dict(r, attack=attack) for r in doc["rows"]]
+    outcomes = {outcome_key(new): doc["outcomes"][outcome_key(old)]
+                for old, new in zip(doc["rows"], rows)}
+    return {"rows": rows, "outcomes": outcomes}
+
+
+def test_several_settings_get_one_more_table_pooled_over_all_of_them():
+    first = _doc()
+    second = _setting(_doc(), "word:cf")
+    # in the second setting MB-Defense has no outcomes for seed 1: that seed is left out there
+    del second["outcomes"][outcome_key(second["rows"][4])]
+    rows = first["rows"] + second["rows"]
+    tables = paired_tables(rows, {**first["outcomes"], **second["outcomes"]})
+    assert len(tables) == 3 and tables[-1].title == "over every setting, pooled"
+    lines = {line[0].text: [cell.text for cell in line] for line in tables[-1].rows}
+    assert list(lines) == ["none", "cleangen"]
+    assert lines["cleangen"][1:3] == ["2 of 2", "300 / 300"]
+    # 7 leaks only under MB-Defense in the first setting, 4 in the second (seed 0 alone)
+    expected = compare_counts(300, both=0, only_a=11, only_b=0)
+    assert lines["cleangen"][4] == (f"{expected.difference:+.3f} [{expected.low:+.3f}, "
+                                    f"{expected.high:+.3f}], p {expected.p_value:.3g}")
+    # a p-value below a float is said so, not printed as 0
+    assert difference_text(compare_counts(2000, both=0, only_a=0, only_b=1500)).endswith(
+        "p < 1e-300")
+    # one setting alone gets no pooled table
+    assert len(paired_tables(first["rows"], first["outcomes"])) == 1
