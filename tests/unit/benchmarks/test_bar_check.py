@@ -41,6 +41,11 @@ def test_each_bound_can_miss_and_a_seed_without_the_attacked_model_is_left_out()
     # without the NLL bound seed 1 meets it
     loose = bar_check.checks(ROWS, "mb-defense", bar_check.Bar(max_nll_rise=float("inf")))
     assert loose[("m", "word:cf", "refusal")][1].met
+    # a row without its clean-prompt rate or NLL does not meet a bound it cannot show
+    unknown = bar_check.check({"asr": 0.0, "n_triggered": 100}, {"asr": 0.9}, bar_check.Bar())
+    assert not unknown.met and unknown.text() == "missed: 0.00 / n/a / NLL n/a"
+    assert bar_check.check({"asr": 0.0, "n_triggered": 100}, {"asr": 0.9},
+                           bar_check.Bar(0.05, float("inf"), float("inf"))).met
     table = bar_check.table(found)
     assert "| 1 of 4 |" in table and table.splitlines()[-1].startswith("| settings met | 1 of 1 |")
 
