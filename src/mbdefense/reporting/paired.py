@@ -67,30 +67,32 @@ def _row_pairs(mine: Sequence[Row], other: Sequence[Row], outcomes: Mapping[str,
     return pairs, seeds
 
 
-def compare_rows(mine: Sequence[Row], other: Sequence[Row], outcomes: Mapping[str, Any],
-                 metric: str) -> tuple[PairedDifference, list[int]] | None:
-    """``mine`` against ``other`` (rows of one setting) on ``metric``, pooled over the seeds
-    where both have per-prompt outcomes of the same length; with those seeds. None when no
-    seed has both."""
-    pairs, seeds = _row_pairs(mine, other, outcomes, metric)
-    return (compare_flags(pairs), seeds) if pairs else None
-
-
 def difference_text(found: PairedDifference) -> str:
     """``+0.007 [+0.002, +0.014], p 0.016`` (``p < 1e-300`` where p is below a float)."""
     p = f"p {found.p_value:.3g}" if found.p_value > 0 else "p < 1e-300"
     return f"{found.difference:+.3f} [{found.low:+.3f}, {found.high:+.3f}], {p}"
 
 
-def _split_by_label(rows: Sequence[Row]) -> tuple[list[Row], dict[str, list[Row]]]:
-    """MB-Defense's rows, and every other row by its label (in order of appearance)."""
+Compared = dict[str, tuple[dict[str, list[Pair]], list[int]]]
+
+
+def _setting_pairs(rows: Sequence[Row], outcomes: Mapping[str, Any]) -> Compared:
+    """One setting: for every row label other than MB-Defense's (in order of appearance),
+    the paired outcomes of each metric and the seeds where both rows were scored."""
     by_label: dict[str, list[Row]] = {}
     for row in rows:
         by_label.setdefault(row_label(row), []).append(row)
-    return by_label.pop(HIGHLIGHT_LABEL, []), by_label
+    mine = by_label.pop(HIGHLIGHT_LABEL, [])
+    compared: Compared = {}
+    for label, theirs in by_label.items():
+        found = {metric: _row_pairs(mine, theirs, outcomes, metric)
+                 for metric, _ in PAIRED_METRICS}
+        seeds = next((s for _, s in found.values() if s), [])
+        compared[label] = ({metric: pairs for metric, (pairs, _) in found.items()}, seeds)
+    return compared
 
 
-def _table(title: str, first: str, lines: list[tuple[str, Cell, dict[str, list[Pair]]]],
+def _table(title: str, first: str, lines: Sequence[tuple[str, Cell, Mapping[str, list[Pair]]]],
            colours: Mapping[str, str] | None) -> Table | None:
     """One line per compared row: its label, a cell saying what was pooled, and the pooled
     pairs of each metric (an empty list where none had outcomes)."""
@@ -113,63 +115,40 @@ def _table(title: str, first: str, lines: list[tuple[str, Cell, dict[str, list[P
     return Table(columns, body, title=title, stub=1) if body else None
 
 
-def paired_table(title: str, rows: Sequence[Row], outcomes: Mapping[str, Any],
-                 colours: Mapping[str, str] | None = None) -> Table | None:
-    """One setting's comparisons, or None when MB-Defense has no outcomes to compare."""
-    mine, others = _split_by_label(rows)
-    lines = []
-    for label, theirs in others.items():
-        found = {metric: _row_pairs(mine, theirs, outcomes, metric)
-                 for metric, _ in PAIRED_METRICS}
-        seeds = next((s for _, s in found.values() if s), [])
-        lines.append((label, Cell(", ".join(map(str, seeds)), seeds),
-                      {metric: p for metric, (p, _) in found.items()}))
-    return _table(title, "seeds", lines, colours)
-
-
-def pooled_table(settings: Sequence[Sequence[Row]], outcomes: Mapping[str, Any],
-                 colours: Mapping[str, str] | None = None) -> Table | None:
-    """Each comparison pooled over every setting (and seed) where both rows were scored: the
-    prompts of all settings counted as one sample. None when no row has outcomes."""
-    pooled: dict[str, dict[str, list[Pair]]] = {}
-    counted: dict[str, int] = {}
-    for rows in settings:
-        mine, others = _split_by_label(rows)
-        for label, theirs in others.items():
-            into = pooled.setdefault(label, {metric: [] for metric, _ in PAIRED_METRICS})
-            scored = False
-            for metric, _ in PAIRED_METRICS:
-                pairs, _seeds = _row_pairs(mine, theirs, outcomes, metric)
-                into[metric] += pairs
-                scored = scored or bool(pairs)
-            counted[label] = counted.get(label, 0) + scored
-    lines = [(label, Cell(f"{counted[label]} of {len(settings)}", counted[label]), pairs)
-             for label, pairs in pooled.items()]
-    return _table("over every setting, pooled", "settings", lines, colours)
-
-
 def paired_tables(rows: Sequence[Row], outcomes: Mapping[str, Any],
                   colours: Mapping[str, str] | None = None) -> list[Table]:
     """A table per (model, behaviour, attack) whose MB-Defense rows have outcomes, and with
-    two or more of those, one more that pools each comparison over all of them."""
+    two or more of those, one more that pools each comparison over all of them (their
+    prompts counted as one sample)."""
     if not outcomes:
         return []
     settings: dict[tuple[str, str, str], list[Row]] = {}
     for row in rows:
         settings.setdefault((row["model"], row["behavior"], row["attack"]), []).append(row)
-    tables, compared = [], []
+    tables = []
+    pooled: dict[str, dict[str, list[Pair]]] = {}
+    counted: dict[str, int] = {}
     for (model, behavior, attack), members in settings.items():
-        table = paired_table(f"{model} · {behavior} · {attack_title(attack)}", members,
-                             outcomes, colours)
-        if table is not None:
-            tables.append(table)
-            compared.append(members)
-    if len(compared) > 1:
-        overall = pooled_table(compared, outcomes, colours)
+        compared = _setting_pairs(members, outcomes)
+        lines = [(label, Cell(", ".join(map(str, seeds)), seeds), pairs)
+                 for label, (pairs, seeds) in compared.items()]
+        table = _table(f"{model} · {behavior} · {attack_title(attack)}", "seeds", lines,
+                       colours)
+        if table is None:
+            continue
+        tables.append(table)
+        for label, (pairs, seeds) in compared.items():
+            into = pooled.setdefault(label, {metric: [] for metric, _ in PAIRED_METRICS})
+            for metric, found in pairs.items():
+                into[metric] += found
+            counted[label] = counted.get(label, 0) + bool(seeds)
+    if len(tables) > 1:
+        lines = [(label, Cell(f"{counted[label]} of {len(tables)}", counted[label]), pairs)
+                 for label, pairs in pooled.items()]
+        overall = _table("over every setting, pooled", "settings", lines, colours)
         if overall is not None:
             tables.append(overall)
     return tables
 
 
-__all__ = ["PAIRED_NOTE", "compare_rows", "outcome_key", "paired_table", "paired_tables",
-           "pooled_table"]
+__all__ = ["PAIRED_NOTE", "difference_text", "outcome_key", "paired_tables"]
