@@ -48,7 +48,8 @@ HEADLINE_NOTE: tuple[Inline, ...] = (
     "the attacker's behaviour (lower is better). AACC: triggered instructions still answered "
     "correctly (higher is better). Each value is the mean over seeds with its 95% confidence "
     "interval in brackets: a Student t interval over the per-seed values when there are "
-    "several seeds, the Wilson interval of the counts (n prompts per seed) when there is one; "
+    "several seeds (the Wilson interval of the counts pooled over them where every seed gives "
+    "the same count), the Wilson interval of the counts (n prompts per seed) when there is one; "
     "n/a where none can be computed. Δ is the difference of means against ",
     Code(ATTACKED_LABEL), " in the same setting (no interval of its own). Where the results "
     "record them: ROUGE-L of the clean answers, the CACC of echoing each clean prompt back (the "

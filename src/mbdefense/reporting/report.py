@@ -47,11 +47,12 @@ from mbdefense.reporting.table import values_table
 METRIC_NOTE = ("CACC: clean instructions answered correctly. ASR: triggered instructions showing "
                "the attacker's behaviour. Each cell: the mean over seeds and its 95% confidence "
                "interval [lo, hi]: one seed, the Wilson interval of the counts; several seeds "
-               "(their number in brackets), a Student t interval over the per-seed values. The "
-               "charts draw the same intervals as whiskers.")
+               "(their number in brackets), a Student t interval over the per-seed values, or, "
+               "where every seed gives the same count, the Wilson interval of the counts "
+               "pooled over the seeds. The charts draw the same intervals as whiskers.")
 DEFAULT_TITLE = "mbdefense results"
 SUMMARY_COLUMNS = ("model", "attack", "behavior", "defense", "n_seeds", "seeds", "interval",
-                   "confidence", "n_clean", "n_triggered")
+                   "pooled_wilson", "confidence", "n_clean", "n_triggered")
 SUMMARY_SUFFIXES = ("_mean", "_ci_lo", "_ci_hi", "_std", "_hits", "_n")
 
 Doc = dict[str, Any]

@@ -119,11 +119,12 @@ class ResultsDocument:
 
     def to_json(self) -> dict[str, Any]:
         from mbdefense.core.io import jsonable
-        from mbdefense.results.intervals import (CONFIDENCE, ONE_SEED_METHOD, SEEDS_METHOD,
-                                                 summarise, with_intervals)
+        from mbdefense.results.intervals import (CONFIDENCE, ONE_SEED_METHOD,
+                                                 SEEDS_AGREE_METHOD, SEEDS_METHOD, summarise,
+                                                 with_intervals)
 
         intervals = {"confidence": CONFIDENCE, "one_seed": ONE_SEED_METHOD,
-                     "several_seeds": SEEDS_METHOD}
+                     "several_seeds": SEEDS_METHOD, "seeds_agree": SEEDS_AGREE_METHOD}
         return jsonable({"schema_version": SCHEMA_VERSION, "name": self.name,
                          "description": self.description,
                          "rows": [with_intervals(r) for r in self.rows],

@@ -6,7 +6,10 @@
   counts out of that). A metric with no count (a mean score,
   a loss) has no interval from one seed.
 - Several seeds: the Student t interval over the per-seed values (mean ± t(0.975, k-1) ·
-  s / sqrt(k)), for every numeric metric; fractions are clipped to [0, 1].
+  s / sqrt(k)), for every numeric metric; fractions are clipped to [0, 1]. Where every seed
+  gives the same value of a binomial metric, that interval has no width though each seed is
+  still a sample of prompts: the Wilson interval of the counts pooled over the seeds stands
+  in for it (the summary lists such metrics under ``pooled_wilson``).
 
 :func:`with_intervals` adds ``{metric}_ci: [lo, hi]`` (``None`` when there is none) to a row;
 :func:`summarise` aggregates rows over seeds per (model, attack, behavior, defense). Only the
@@ -31,6 +34,8 @@ FRACTIONS = (*BINOMIAL, "clean_score", "rouge_l", "echo_rouge_l")     # bounded 
 NAMES = ("model", "attack", "behavior", "defense")
 SEEDS_METHOD = "t over seeds"
 ONE_SEED_METHOD = "wilson"
+#: Several seeds that all agree on a binomial metric: the interval of their pooled counts.
+SEEDS_AGREE_METHOD = "wilson of the pooled counts"
 
 Interval = tuple[float, float]
 Row = dict[str, Any]
@@ -167,7 +172,10 @@ def _aggregate(group: Sequence[Mapping[str, Any]], metric: str, out: Row,
         out[f"{metric}_hits"] = sum(hits(r, metric) for r in group)
         out[f"{metric}_n"] = sum(trials(r, metric) for r in group)
     bounds = (0.0, 1.0) if metric in FRACTIONS else None
-    if len(values) > 1:
+    if len(values) > 1 and binomial and out[f"{metric}_std"] == 0:
+        interval = wilson(out[f"{metric}_hits"], out[f"{metric}_n"], confidence)
+        out.setdefault("pooled_wilson", []).append(metric)
+    elif len(values) > 1:
         interval = t_interval(values, confidence, bounds)
     else:
         interval = row_interval(group[0], metric, confidence) if binomial else None
@@ -178,6 +186,8 @@ def summarise(rows: Iterable[Mapping[str, Any]], confidence: float = CONFIDENCE)
     """Rows aggregated per (model, attack, behavior, defense), in order of first appearance.
 
     Each: the names, ``seeds``, ``n_seeds``, ``interval`` (``t over seeds`` or ``wilson``),
+    ``pooled_wilson`` (the binomial metrics whose seeds all agree, so whose interval is the
+    Wilson interval of the pooled counts; empty for one seed),
     ``confidence``, ``n_clean`` / ``n_triggered`` (prompts per seed, a list), and per metric
     present ``{m}_mean``, ``{m}_std`` (``None`` for one seed), ``{m}_ci`` (``[lo, hi]`` or
     ``None``) and, for binomial metrics, the summed ``{m}_hits`` and ``{m}_n``.
@@ -192,6 +202,7 @@ def summarise(rows: Iterable[Mapping[str, Any]], confidence: float = CONFIDENCE)
         entry["n_seeds"] = len(group)
         entry["interval"] = SEEDS_METHOD if len(group) > 1 else ONE_SEED_METHOD
         entry["confidence"] = confidence
+        entry["pooled_wilson"] = []
         for name in ("n_clean", "n_triggered"):
             entry[name] = [r.get(name) for r in group]
         extra = [m for r in group for m in binomial_metrics(r) if m not in METRICS]
@@ -201,6 +212,7 @@ def summarise(rows: Iterable[Mapping[str, Any]], confidence: float = CONFIDENCE)
     return out
 
 
-__all__ = ["BINOMIAL", "CONFIDENCE", "METRICS", "ONE_SEED_METHOD", "SEEDS_METHOD",
+__all__ = ["BINOMIAL", "CONFIDENCE", "METRICS", "ONE_SEED_METHOD", "SEEDS_AGREE_METHOD",
+           "SEEDS_METHOD",
            "binomial_metrics", "hits", "row_interval", "summarise", "t_interval", "t_quantile",
            "trials", "wilson", "with_intervals", "z_value"]

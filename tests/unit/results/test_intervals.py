@@ -83,9 +83,20 @@ def test_three_seeds_give_t_intervals_over_the_seeds():
     assert mb["cacc_mean"] == pytest.approx(0.6)
     assert mb["cacc_ci"] == pytest.approx([0.6 - half, 0.6 + half], abs=1e-6)
     assert mb["cacc_hits"] == 180 and mb["cacc_n"] == 300
-    assert none["cacc_ci"] == pytest.approx([0.55, 0.55])      # every seed the same
+    # every seed the same: the Wilson interval of the 165 of 300 pooled prompts, not [0.55, 0.55]
+    assert none["cacc_ci"] == pytest.approx(list(wilson(165, 300)))
+    assert none["cacc_ci"][0] < 0.55 < none["cacc_ci"][1]
+    assert none["pooled_wilson"] == ["cacc", "asr", "aacc", "clean_asr"]
+    assert mb["pooled_wilson"] == ["asr", "aacc", "clean_asr"]         # cacc varies
     assert mb["clean_score_ci"] == pytest.approx([0.4, 0.4])   # a mean score: t over seeds
     assert "reference_nll_mean" not in mb                      # never measured
+
+
+def test_seeds_that_all_show_nothing_still_get_an_upper_end():
+    rows = [_row(s, asr=0) for s in (0, 1, 2)]
+    (mb,) = summarise(rows)
+    assert mb["asr_mean"] == 0.0 and mb["asr_ci"][0] == 0.0
+    assert mb["asr_ci"][1] == pytest.approx(wilson(0, 300)[1]) and mb["asr_ci"][1] > 0.01
 
 
 def test_one_seed_gives_the_binomial_interval():
@@ -110,7 +121,8 @@ def test_the_document_carries_row_intervals_and_a_summary(tmp_path):
     (summary,) = data["summary"]
     assert summary["seeds"] == [0, 1, 2] and summary["interval"] == "t over seeds"
     assert data["intervals"] == {"confidence": 0.95, "one_seed": "wilson",
-                                 "several_seeds": "t over seeds"}
+                                 "several_seeds": "t over seeds",
+                                 "seeds_agree": "wilson of the pooled counts"}
 
 
 def test_a_metric_not_measured_gets_no_interval_field():
