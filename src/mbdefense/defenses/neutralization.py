@@ -27,12 +27,13 @@ from mbdefense.training.sft import apply_lora, merge_lora
 @dataclass
 class NeutralizationConfig:
     """Stage-2 settings. The defaults are the real-model preset's (docs/results.md): per-token
-    mean R with a margin of 5 nats, one defensive trigger sampled per example and step, 4
-    epochs at lr 1e-4 (chosen on BackdoorLLM's validation quarter with SmolLM2-135M)."""
+    mean R with a margin of 2 nats, one defensive trigger sampled per example and step, 4
+    epochs at lr 1e-4 (chosen on BackdoorLLM's validation quarter with SmolLM2-135M; the
+    margin on two validation seeds, where 5 broke the reference-NLL bound once R saturated)."""
 
     lam: float = 1.0                 # weight of the R term
     reduction: str = "mean"          # "mean" (per-token) or "sum" (the paper) log-likelihoods in R
-    margin: float = 5.0              # R = log sigmoid(lp_clean - lp_defensive - margin)
+    margin: float = 2.0              # R = log sigmoid(lp_clean - lp_defensive - margin)
     triggered_ce: float = 0.0        # weight of CE(x_d, y): the clean answer under a trigger
     triggers_per_step: str = "one"   # "one" sampled defensive trigger per example, or "all"
     # Defensive triggers in each triggered copy, at distinct spots: the copy's own and this many
