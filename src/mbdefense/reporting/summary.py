@@ -48,7 +48,8 @@ def summary_rows(rows: Iterable[Row]) -> list[Row]:
     """Rows aggregated over seeds per ``(model, attack, behavior, defense)``, in order of first
     appearance: ``n_seeds``, ``seeds``, ``interval`` (how the intervals were made), and per
     metric ``{m}_mean``, ``_std`` (sample standard deviation, ``None`` for one seed), ``_ci``
-    (the 95% interval: t over seeds, or Wilson for one seed; ``None`` when there is none) and,
+    (the 95% interval: t over seeds, Wilson of the pooled counts where every seed agrees on a
+    binomial metric, or Wilson for one seed; ``None`` when there is none) and,
     for the binomial metrics, summed counts ``{m}_hits`` / ``_n``
     (see :func:`mbdefense.results.intervals.summarise`).
     """
