@@ -213,5 +213,5 @@ def summarise(rows: Iterable[Mapping[str, Any]], confidence: float = CONFIDENCE)
 
 
 __all__ = ["BINOMIAL", "CONFIDENCE", "METRICS", "ONE_SEED_METHOD", "SEEDS_AGREE_METHOD",
-           "SEEDS_METHOD", "binomial_metrics", "hits", "row_interval", "summarise", "t_interval", "t_quantile",
-           "trials", "wilson", "with_intervals", "z_value"]
+           "SEEDS_METHOD", "binomial_metrics", "hits", "row_interval", "summarise",
+           "t_interval", "t_quantile", "trials", "wilson", "with_intervals", "z_value"]
