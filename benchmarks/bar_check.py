@@ -21,6 +21,7 @@ from typing import Any, Mapping, Sequence
 from mbdefense.core.errors import MBDefenseError
 from mbdefense.reporting.documents import combine, load_results
 from mbdefense.reporting.summary import attack_title
+from mbdefense.results.intervals import hits, trials
 
 
 @dataclass(frozen=True)
@@ -59,8 +60,7 @@ def check(defended: Mapping[str, Any], attacked: Mapping[str, Any], bar: Bar) ->
     asr, clean = defended["asr"], defended.get("clean_asr")
     met = (asr <= bar.max_asr and _within(clean, bar.max_clean_asr)
            and _within(rise, bar.max_nll_rise))
-    n = int(defended.get("n_triggered") or 0)
-    return Check(asr, clean, rise, round(asr * n), n, met)
+    return Check(asr, clean, rise, hits(defended, "asr") or 0, trials(defended, "asr") or 0, met)
 
 
 def checks(rows: Sequence[Mapping[str, Any]], defense: str, bar: Bar
