@@ -34,11 +34,11 @@ def test_defend_writes_a_loadable_model(tmp_path, user_files, defense, capsys):
     assert code == 0, capsys.readouterr().err
     assert (out / "model" / "model.safetensors").exists()
     summary = json.loads((out / "defense.json").read_text())
-    # mb-defense adds 1% of 120 per trigger (rounded: 1 each) to the 120 it received
-    assert summary["train_examples"] == (124 if defense == "mb-defense" else 120)
+    # mb-defense adds max(1% of 120, the preset's floor of 40) per trigger to the 120 it received
+    assert summary["train_examples"] == (280 if defense == "mb-defense" else 120)
     if defense == "mb-defense":
         assert set(summary["implant_rates"]) == {"word:mn", "word:bb", "word:zx", "word:qv"}
-        assert summary["diagnostics"]["defensive_examples"] == 4  # 1% of 120 per trigger, rounded
+        assert summary["diagnostics"]["defensive_examples"] == 160   # 4 triggers x 40
         assert len(summary["diagnostics"]["stage2"]["history"]) == 2
     if defense == "fine-mixing":  # mixed with the model defend started from, then fine-tuned
         assert 0.45 < summary["diagnostics"]["mixing"]["share_retained"] < 0.55
@@ -58,12 +58,13 @@ def test_defend_top_up_records_every_round(tmp_path, user_files, capsys):
     code = main(["defend", "--model", str(model_dir), "--data", str(train), "--trusted",
                  str(trusted), "--out", str(out), "--epochs", "1", "--stage2-epochs", "1",
                  "--max-length", "128", "--on-weak-implant", "top-up", "--stage2-triggers",
-                 "one", "--quiet"])
+                 "one", "--min-per-trigger", "0", "--quiet"])
     assert code == 0, capsys.readouterr().err
     implant = json.loads((out / "defense.json").read_text())["implant"]
     assert len(implant["rounds"]) == 3                    # the check, then 2 top-up rounds
     # each round: 4 triggers x 32 defensive examples, their 128 originals, and as many other
-    # examples, capped by the 124 of the stage-1 training set (120 and 4 defensive examples)
+    # examples, capped by the 124 of the stage-1 training set (120 and 4 defensive examples:
+    # 1% of 120 per trigger, rounded, with the floor off)
     assert implant["top_up_examples"] == 2 * (4 * 32 + 4 * 32 + 124)
     assert set(implant["leak_rates"]) == set(implant["implant_rates"])
     assert implant["warning"] and "word:mn" in implant["warning"]

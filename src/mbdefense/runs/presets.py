@@ -4,9 +4,10 @@
 - ``embedded-smoke``: a one-minute version on a smaller model (installation checks, tests);
 - ``pretrained``: every real model (a registry name, a folder, a ``.gguf``, a hub id), with
   the paper's settings where it gives them (3 epochs of instruction tuning, 1% defensive
-  examples per trigger, 128 trusted examples split 8:2, max length 1024) and stage 2's
-  learning rate (1e-4) chosen on BackdoorLLM's validation quarter with SmolLM2-135M
-  (configs/tune-stage2-smollm2.yaml, docs/results.md).
+  examples per trigger, 128 trusted examples split 8:2, max length 1024), a floor of 40
+  defensive examples per trigger for training sets under 4,000 examples, and stage 2's
+  learning rate (1e-4) and margin (2), each chosen on BackdoorLLM's validation quarter with
+  SmolLM2-135M (configs/tune-stage2-smollm2.yaml, docs/results.md).
 
 ``defend``'s command-line defaults are the ``pretrained`` preset's (a test checks it).
 """
@@ -76,7 +77,10 @@ def pretrained() -> Settings:
         data=DataSpec(n_train=0, n_trusted=128, n_test=0),
         finetune=TrainConfig(epochs=3.0, learning_rate=2e-5, batch_size=8, max_length=1024,
                              description="instruction-tune"),
-        stage1=DefensivePoisoningConfig(),
+        # 1% per trigger, at least 40: with 200 training examples (the SmolLM2 runs) 16 per
+        # trigger implanted some triggers on under a third of held-out prompts; 40 implanted
+        # every one and was chosen on the validation quarter (docs/results.md)
+        stage1=DefensivePoisoningConfig(min_per_trigger=40),
         # stage 2's own defaults (NeutralizationConfig) at the paper's length
         stage2=NeutralizationConfig(train=replace(NeutralizationConfig().train_config(),
                                                   max_length=1024)),

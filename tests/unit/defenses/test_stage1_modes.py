@@ -155,3 +155,14 @@ def test_the_fine_tune_and_stage1_cache_keys_change_with_the_mode():
     assert keys["add"] != keys["replace"]
     assert keys["add"] == finetune_key("base", mb("add").before_training(data), TrainConfig())
     assert add.after_finetune_key() != replace.after_finetune_key()
+
+
+@pytest.mark.parametrize("n, per_trigger", [(200, 40), (3000, 40), (6000, 60)])
+def test_the_pretrained_preset_floors_small_training_sets_at_40_per_trigger(n, per_trigger):
+    from mbdefense.runs.presets import pretrained
+
+    stage1 = pretrained().stage1
+    data = strip_attack_labels(attacked(n))
+    out = make_defense("mb-defense", stage1=stage1).before_training(data)
+    defensive = [e for e in out if e.meta.get("poisoned") == "defense"]
+    assert len(defensive) == len(stage1.triggers) * per_trigger   # max(1% of n, 40) each
