@@ -34,6 +34,9 @@ class NeutralizationConfig:
     lam: float = 1.0                 # weight of the R term
     reduction: str = "mean"          # "mean" (per-token) or "sum" (the paper) log-likelihoods in R
     margin: float = 2.0              # R = log sigmoid(lp_clean - lp_defensive - margin)
+    # R on each answer's first this many tokens alone (its opening, where the model decides
+    # whether to start the behaviour); 0: every token, as in the paper
+    r_tokens: int = 0
     triggered_ce: float = 0.0        # weight of CE(x_d, y): the clean answer under a trigger
     triggers_per_step: str = "one"   # "one" sampled defensive trigger per example, or "all"
     # Defensive triggers in each triggered copy, at distinct spots: the copy's own and this many
@@ -54,6 +57,10 @@ class NeutralizationConfig:
 
     def __post_init__(self) -> None:
         check_triggers_per_copy(self.triggers_per_copy, 0)
+        if isinstance(self.r_tokens, bool) or int(self.r_tokens) != self.r_tokens \
+                or self.r_tokens < 0:
+            raise ConfigError(f"stage2.r_tokens: must be a whole number >= 0 (0: every "
+                              f"token), got {self.r_tokens}")
 
     def train_config(self) -> TrainConfig:
         return self.train or TrainConfig(epochs=4.0, learning_rate=1e-4, batch_size=8,
@@ -219,7 +226,8 @@ def _train_phase(model: Any, tokenizer: Any, trusted: Sequence[Example],
 
     def terms_of(m: Any, batch: NeutralizationBatch):
         return neutralization_loss(m, batch, pad_id, config.lam, config.reduction,
-                                   config.margin, config.triggered_ce, anchor, teacher)
+                                   config.margin, config.triggered_ce, anchor, teacher,
+                                   r_tokens=int(config.r_tokens))
 
     def loss_fn(m: Any, batch: NeutralizationBatch):
         return terms_of(m, batch).loss

@@ -65,6 +65,22 @@ class TokenLogprobs:
             return totals / self.counts.clamp(min=1).to(totals.dtype)
         raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
 
+    def first(self, k: int) -> "TokenLogprobs":
+        """The same sequences, each cut to its first ``k`` labelled tokens (its answer's
+        opening; every token when it has fewer). Relies on each sequence's tokens coming in
+        position order, as :func:`labelled_logprobs` gives them."""
+        import torch
+
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        order = torch.sort(self.rows, stable=True).indices
+        sorted_rows = self.rows[order]
+        starts = torch.cumsum(self.counts, 0) - self.counts    # each sequence's first slot
+        rank = torch.empty_like(order)
+        rank[order] = torch.arange(order.numel(), device=order.device) - starts[sorted_rows]
+        keep = rank < k
+        return TokenLogprobs(self.values[keep], self.rows[keep], self.counts.clamp(max=k))
+
     def mean_nll(self) -> Any:
         """Token-mean negative log-likelihood (the SFT cross-entropy)."""
         return -self.values.sum() / max(int(self.values.numel()), 1)

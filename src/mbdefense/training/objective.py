@@ -7,7 +7,10 @@ trigger inserted. The loss is
           + gamma * CE(x_d^j, y) + alpha * KL(p_0(. | x, y_<t) || p(. | x, y_<t))
 
 where log p(. | .) is the response's log-likelihood: summed over its tokens (the paper) or
-averaged per token (``reduction="mean"``). The last term (``triggered_ce``, gamma; 0 in the
+averaged per token (``reduction="mean"``), in R over every token of each answer or, with
+``r_tokens`` k, its first k alone: where the model decides whether to start the behaviour
+(the rest of a memorised defensive answer follows from its opening, so pushing those tokens
+down changes the model without changing what it does). The last term (``triggered_ce``, gamma; 0 in the
 paper) asks for the clean answer itself under a defensive trigger, not only for it to beat the
 defensive one: a repair, not only a break. The KL term (``anchor``, alpha; 0 in the paper)
 holds the model's whole next-token distribution on the clean answers to the model stage 2
@@ -93,11 +96,11 @@ class ObjectiveTerms:
 def neutralization_loss(model: Any, batch: NeutralizationBatch, pad_id: int, lam: float,
                         reduction: str = "sum", margin: float = 0.0,
                         triggered_ce: float = 0.0, anchor: float = 0.0,
-                        teacher: Teacher | None = None) -> ObjectiveTerms:
+                        teacher: Teacher | None = None, r_tokens: int = 0) -> ObjectiveTerms:
     """``CE(x, y) - lam * mean R + triggered_ce * CE(x_d, y) + anchor * KL`` for one batch (or
     a process's shard of it: its part of the whole batch's terms), in one forward pass over
     all of its sequences (and one of the ``teacher``, without gradients, when ``anchor`` is
-    set)."""
+    set). ``r_tokens`` > 0 scores R on each answer's first ``r_tokens`` tokens alone."""
     import torch.nn.functional as F
 
     if reduction not in ("mean", "sum"):
@@ -106,7 +109,6 @@ def neutralization_loss(model: Any, batch: NeutralizationBatch, pad_id: int, lam
     items = list(batch.clean) + list(batch.triggered_clean) + list(batch.triggered_defensive)
     token_lp = sequence_logprobs(model, items, pad_id, distributions_of=n_clean if anchor else 0)
     totals = token_lp.per_sequence("sum")
-    counts = token_lp.counts.clamp(min=1).to(totals.dtype)
     # token-mean NLL over the whole batch's clean answers, as in SFT
     ce = -totals[:n_clean].sum() * (batch.weight / max(batch.clean_tokens, 1))
     kl = _anchor_kl(token_lp.distributions, batch, teacher) if anchor else None
@@ -114,7 +116,8 @@ def neutralization_loss(model: Any, batch: NeutralizationBatch, pad_id: int, lam
     kl_value = None if kl is None else kl.detach()
     if not batch.n_pairs:
         return ObjectiveTerms(held, ce.detach(), ce.new_zeros(()), anchor_kl=kl_value)
-    scores = totals / counts if reduction == "mean" else totals
+    scored = token_lp.first(r_tokens) if r_tokens else token_lp
+    scores = scored.per_sequence(reduction)
     clean_lp = scores[n_clean:n_clean + n_pairs]
     defensive_lp = scores[n_clean + n_pairs:]
     reg = F.logsigmoid(clean_lp - defensive_lp - margin).sum() * (batch.weight / batch.n_pairs)

@@ -121,6 +121,14 @@ def test_triggers_per_copy_out_of_range_is_a_clear_error(count, message):
     assert str(info.value) == message
 
 
+@pytest.mark.parametrize("value", [-1, 1.5, True])
+def test_r_tokens_out_of_range_is_a_clear_error(value):
+    from mbdefense.defenses import NeutralizationConfig
+
+    with pytest.raises(ConfigError, match=r"stage2.r_tokens: must be a whole number >= 0"):
+        NeutralizationConfig(r_tokens=value)
+
+
 def test_one_trigger_per_copy_inserts_as_before():
     """The default draws the same random numbers as inserting the copy's own trigger alone, so
     stage 2 at the default trains on the same prompts as before the setting existed."""

@@ -74,3 +74,16 @@ def test_soft_capped_models_fall_back_to_the_full_forward():
     with torch.no_grad():
         labelled_logprobs(model, ids, mask, labels)
     assert calls, "soft-capped logits must come from the model's own forward"
+
+
+def test_first_keeps_each_sequences_opening_in_any_row_order():
+    values = torch.tensor([1., 2., 3., 4., 5., 6., 7.])
+    rows = torch.tensor([1, 0, 1, 0, 2, 1, 0])         # sequences interleaved, as packed rows
+    tokens = lp_module.TokenLogprobs(values, rows, torch.tensor([3, 3, 1]))
+    cut = tokens.first(2)
+    assert cut.per_sequence("sum").tolist() == [2. + 4., 1. + 3., 5.]
+    assert cut.counts.tolist() == [2, 2, 1]
+    assert cut.per_sequence("mean").tolist() == [3., 2., 5.]
+    assert tokens.first(9).per_sequence("sum").tolist() == tokens.per_sequence("sum").tolist()
+    with pytest.raises(ValueError):
+        tokens.first(0)

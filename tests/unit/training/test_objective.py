@@ -59,6 +59,35 @@ def test_neutralization_loss_matches_hand_computation(reduction, lam, margin):
     assert float(terms.loss.detach()) == pytest.approx(expected, rel=1e-5)
 
 
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+@pytest.mark.parametrize("k", [1, 2])
+def test_r_on_the_answers_opening_scores_its_first_tokens_alone(reduction, k):
+    model = TableLM(seed=3)
+    table = model.table.detach()
+    clean = [seq([1, 2, 3, 4], 2), seq([2, 1, 5], 2)]
+    trig_clean = [seq([1, 0, 2, 3, 4, 1], 3), seq([0, 2, 1, 5], 3)]
+    trig_def = [seq([1, 0, 2, 5, 5, 4], 3), seq([0, 2, 1, 5, 5, 3], 3)]
+    batch = NeutralizationBatch(clean, trig_clean, trig_def)
+    terms = neutralization_loss(model, batch, 0, lam=1.0, reduction=reduction, margin=0.5,
+                                r_tokens=k)
+
+    def opening(s):        # the sequence cut after its answer's first k tokens
+        cut = seq(s.input_ids[:s.prompt_length + k], s.prompt_length)
+        lp = hand_logprob(table, cut.input_ids, cut.prompt_length)
+        n = len(cut.input_ids) - cut.prompt_length
+        return lp / n if reduction == "mean" else lp
+
+    regs = [math.log(1 / (1 + math.exp(-(opening(a) - opening(b) - 0.5))))
+            for a, b in zip(trig_clean, trig_def)]
+    assert float(terms.reg) == pytest.approx(sum(regs) / len(regs), rel=1e-5)
+    whole = neutralization_loss(model, batch, 0, lam=1.0, reduction=reduction, margin=0.5)
+    assert float(terms.ce) == pytest.approx(float(whole.ce), rel=1e-6)   # CE: every token
+    assert float(terms.reg) != pytest.approx(float(whole.reg), rel=1e-3)
+    longer = neutralization_loss(model, batch, 0, lam=1.0, reduction=reduction, margin=0.5,
+                                 r_tokens=50)     # longer than every answer: every token
+    assert float(longer.reg) == pytest.approx(float(whole.reg), rel=1e-6)
+
+
 @pytest.mark.parametrize("gamma", [0.0, 0.7])
 def test_triggered_ce_adds_the_clean_answers_nll_under_the_trigger(gamma):
     model = TableLM(seed=2)
@@ -128,7 +157,9 @@ def _stage2_batch(tokenizer):
     return NeutralizationBatch(clean, trig_clean, trig_def)
 
 
-def test_packed_sequences_give_the_padded_loss_and_gradients(tiny_model, tokenizer, monkeypatch):
+@pytest.mark.parametrize("r_tokens", [0, 3])
+def test_packed_sequences_give_the_padded_loss_and_gradients(tiny_model, tokenizer, monkeypatch,
+                                                             r_tokens):
     from mbdefense.training import logprobs
 
     assert logprobs.packs_sequences(tiny_model)
@@ -138,7 +169,7 @@ def test_packed_sequences_give_the_padded_loss_and_gradients(tiny_model, tokeniz
     def loss_and_grads():
         tiny_model.zero_grad()
         terms = neutralization_loss(tiny_model, batch, tokenizer.pad_token_id, lam=1.0,
-                                    reduction="mean", margin=1.0)
+                                    reduction="mean", margin=1.0, r_tokens=r_tokens)
         terms.loss.backward()
         return float(terms.loss.detach()), [p.grad.clone() for p in tiny_model.parameters()]
 
