@@ -31,6 +31,8 @@ DEFEND_OPTIONS: tuple[tuple[str, tuple[str, ...], str], ...] = (
     ("--stage2-lr", ("stage2.train.learning_rate",), "stage-2 learning rate"),
     ("--lam", ("stage2.lam",), "weight of the R term"),
     ("--margin", ("stage2.margin",), "stage-2 margin in R, nats per token"),
+    ("--r-tokens", ("stage2.r_tokens",), "R on each answer's first this many tokens (0: every "
+                                         "token, the paper)"),
     ("--triggered-ce", ("stage2.triggered_ce",), "weight of the clean answer's CE under a "
                                                  "defensive trigger in stage 2 (0: the paper)"),
     ("--repair-epochs", ("stage2.repair_epochs",), "epochs of stage 2's repair phase after the "
