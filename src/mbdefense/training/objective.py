@@ -9,9 +9,9 @@ trigger inserted. The loss is
 where log p(. | .) is the response's log-likelihood: summed over its tokens (the paper) or
 averaged per token (``reduction="mean"``), in R over every token of each answer or, with
 ``r_tokens`` k, its first k alone: where the model decides whether to start the behaviour
-(the rest of a memorised defensive answer follows from its opening, so pushing those tokens
-down changes the model without changing what it does). The last term (``triggered_ce``, gamma; 0 in the
-paper) asks for the clean answer itself under a defensive trigger, not only for it to beat the
+(the rest of a memorised defensive answer follows from its opening, and pushing those tokens
+down changes the model more than what it does). The last term (``triggered_ce``, gamma; 0 in
+the paper) asks for the clean answer itself under a defensive trigger, not only for it to beat the
 defensive one: a repair, not only a break. The KL term (``anchor``, alpha; 0 in the paper)
 holds the model's whole next-token distribution on the clean answers to the model stage 2
 started from (p_0, the stage-1 model): stage 2 should change what the model does under a
