@@ -16,9 +16,15 @@ objective did before, in a separate forward pass over the clean sequences
 response-only step (faster on a CPU with AVX512-BF16 or AMX: 1.36x on the embedded
 model, 2026-12-06; slower on a CPU without them).
 
+With ``--lora`` two more variants train LoRA adapters (r 16, alpha 32) on every linear layer
+of each block instead of every weight, in the same bf16 autocast: ``lora-bf16`` with
+dropout 0.05 on the adapters' inputs (peft draws one mask per adapted layer) and
+``lora-bf16-no-dropout``; their peer is ``bf16-autocast``.
+
     python benchmarks/stage2_step.py                       # smollm2-135m when installed
     python benchmarks/stage2_step.py --model embedded --threads 1
     python benchmarks/stage2_step.py --model embedded --threads 1 --anchor 2
+    python benchmarks/stage2_step.py --threads 1 --lora
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ import time
 
 VARIANTS = ("full-logits", "response-only", "checkpointing", "bf16-autocast")
 ANCHOR_PEER = "anchor-separate-pass"
+LORA_VARIANTS = ("lora-bf16", "lora-bf16-no-dropout")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -47,7 +54,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--anchor", type=float, default=0.0,
                    help="weight of the anchor term in every variant (0: none)")
-    p.add_argument("--child", choices=VARIANTS + (ANCHOR_PEER,), help=argparse.SUPPRESS)
+    p.add_argument("--lora", action="store_true",
+                   help="also time LoRA adapters on every linear layer, with and without dropout")
+    p.add_argument("--child", choices=VARIANTS + (ANCHOR_PEER,) + LORA_VARIANTS,
+                   help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 
@@ -99,6 +109,18 @@ def anchored_teacher(model, pad_id):
     return lambda items: labelled_log_distributions(start, items, pad_id)
 
 
+def with_lora(model, dropout: float):
+    """``model`` with LoRA adapters (r 16, alpha 32) on every linear layer of its blocks."""
+    from mbdefense.defenses.pruning import block_linears, decoder_layers
+    from mbdefense.training.config import LoraSettings, TrainConfig
+    from mbdefense.training.sft import apply_lora
+
+    targets = sorted({name.rsplit(".", 1)[-1] for block in decoder_layers(model)
+                      for name in block_linears(block)})
+    lora = LoraSettings(r=16, alpha=32, dropout=dropout, target_modules=targets)
+    return apply_lora(model, TrainConfig(lora=lora))
+
+
 def child(args) -> None:
     import torch
 
@@ -120,13 +142,15 @@ def child(args) -> None:
         logprobs._plain_head = lambda model: None      # the model's own forward everywhere
     if args.child == "checkpointing":                  # response-only, activations recomputed
         model.activation_checkpointing_enable({"use_reentrant": False})
+    if args.child in LORA_VARIANTS:
+        model = with_lora(model, 0.0 if args.child.endswith("no-dropout") else 0.05)
     batch = make_batch(tokenizer, args)
     tokens = sum(len(e.input_ids) for e in batch.clean + batch.triggered_clean
                  + batch.triggered_defensive)
     pad = tokenizer.pad_token_id
     teacher = anchored_teacher(model, pad) if args.anchor else None
     separate = args.child == ANCHOR_PEER
-    precision = "bf16" if args.child == "bf16-autocast" else "fp32"
+    precision = "bf16" if args.child in ("bf16-autocast",) + LORA_VARIANTS else "fp32"
     runtime = Runtime.for_run(model, precision)
     model.train()
     base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -161,7 +185,8 @@ def main(argv=None) -> int:
         return 0
     args.model = args.model or default_model()
     results = {}
-    for variant in VARIANTS + ((ANCHOR_PEER,) if args.anchor else ()):
+    extra = ((ANCHOR_PEER,) if args.anchor else ()) + (LORA_VARIANTS if args.lora else ())
+    for variant in VARIANTS + extra:
         cmd = [sys.executable, __file__, "--child", variant, "--model", args.model,
                "--batch-size", str(args.batch_size), "--triggers", str(args.triggers),
                "--prompt-words", str(args.prompt_words), "--answer-words",
@@ -176,12 +201,17 @@ def main(argv=None) -> int:
     print(f"model {args.model} (vocab {full['vocab']}), {full['tokens']} tokens per step "
           f"({args.batch_size} examples x (1 + 2 x {args.triggers}) sequences)")
     for r in results.values():
-        print(f"  {r['variant']:<14} {r['seconds_per_step']:7.2f} s/step   peak +"
+        print(f"  {r['variant']:<20} {r['seconds_per_step']:7.2f} s/step   peak +"
               f"{r['peak_extra_gb']:.2f} GB   loss {r['loss']:.4f}   vs full-logits: "
               f"{full['seconds_per_step'] / r['seconds_per_step']:.2f}x speed, "
               f"{r['peak_extra_gb'] / max(full['peak_extra_gb'], 1e-9):.2f}x memory, same loss "
               f"{abs(full['loss'] - r['loss']) < 1e-3 * max(1.0, abs(full['loss']))}")
     fp32, bf16 = results["response-only"], results["bf16-autocast"]
+    for name in LORA_VARIANTS if args.lora else ():
+        r = results[name]
+        print(f"{name} vs bf16-autocast (every weight): "
+              f"{bf16['seconds_per_step'] / r['seconds_per_step']:.2f}x speed, "
+              f"{r['peak_extra_gb'] / max(bf16['peak_extra_gb'], 1e-9):.2f}x memory")
     print(f"bf16 autocast vs fp32 (response-only): "
           f"{fp32['seconds_per_step'] / bf16['seconds_per_step']:.2f}x speed, "
           f"{bf16['peak_extra_gb'] / max(fp32['peak_extra_gb'], 1e-9):.2f}x memory, loss "
