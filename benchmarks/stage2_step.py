@@ -195,7 +195,11 @@ def main(argv=None) -> int:
         done = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if done.returncode:
             print(done.stderr[-2000:], file=sys.stderr)
-            return done.returncode
+            killed = (f"killed by signal {-done.returncode}" if done.returncode < 0
+                      else f"exit status {done.returncode}")
+            print(f"variant {variant} failed ({killed}; signal 9 is usually the kernel out of "
+                  f"memory: try a smaller --batch-size)", file=sys.stderr)
+            return 1
         results[variant] = json.loads(done.stdout.strip().splitlines()[-1])
     full = results["full-logits"]
     print(f"model {args.model} (vocab {full['vocab']}), {full['tokens']} tokens per step "
