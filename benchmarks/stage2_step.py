@@ -111,13 +111,10 @@ def anchored_teacher(model, pad_id):
 
 def with_lora(model, dropout: float):
     """``model`` with LoRA adapters (r 16, alpha 32) on every linear layer of its blocks."""
-    from mbdefense.defenses.pruning import block_linears, decoder_layers
-    from mbdefense.training.config import LoraSettings, TrainConfig
+    from mbdefense.training.config import ALL_LINEAR, LoraSettings, TrainConfig
     from mbdefense.training.sft import apply_lora
 
-    targets = sorted({name.rsplit(".", 1)[-1] for block in decoder_layers(model)
-                      for name in block_linears(block)})
-    lora = LoraSettings(r=16, alpha=32, dropout=dropout, target_modules=targets)
+    lora = LoraSettings(r=16, alpha=32, dropout=dropout, target_modules=[ALL_LINEAR])
     return apply_lora(model, TrainConfig(lora=lora))
 
 

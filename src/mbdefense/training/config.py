@@ -5,14 +5,35 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from mbdefense.core.errors import ConfigError
+
+
+#: ``target_modules: [all-linear]``: every linear layer of the transformer blocks (the output
+#: layer excluded), whatever the architecture calls them.
+ALL_LINEAR = "all-linear"
+
 
 @dataclass
 class LoraSettings:
+    """LoRA adapters: rank, scale (``alpha / r``), dropout on the adapters' inputs, and the
+    modules adapted: names (the last part of a module's name, e.g. ``q_proj``) or
+    ``[all-linear]``."""
+
     r: int = 16
     alpha: int = 32
     dropout: float = 0.05
     target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj",
                                                                "o_proj"])
+
+    def __post_init__(self) -> None:
+        names = self.target_modules
+        if isinstance(names, str) or not names \
+                or not all(isinstance(n, str) and n for n in names):
+            raise ConfigError(f"lora.target_modules: must be a list of module names (or "
+                             f"[{ALL_LINEAR}]), got {names!r}")
+        if ALL_LINEAR in names and len(names) > 1:
+            raise ConfigError(f"lora.target_modules: '{ALL_LINEAR}' already names every linear "
+                             f"layer; give it alone, got {names!r}")
 
 
 @dataclass

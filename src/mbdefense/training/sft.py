@@ -9,7 +9,7 @@ from typing import Any, Sequence
 from mbdefense.data.example import Example
 from mbdefense.data.formatting import encode_examples
 from mbdefense.training.batching import TokenBatch, iterate_batches
-from mbdefense.training.config import TrainConfig
+from mbdefense.training.config import ALL_LINEAR, LoraSettings, TrainConfig
 from mbdefense.training.logprobs import sequence_logprobs
 from mbdefense.training.loop import run_steps
 from mbdefense.training.seeding import device_of, seeded
@@ -29,8 +29,15 @@ def apply_lora(model: Any, config: TrainConfig) -> Any:
                                 category=FutureWarning)
         return get_peft_model(model, LoraConfig(r=lora.r, lora_alpha=lora.alpha,
                                                 lora_dropout=lora.dropout,
-                                                target_modules=list(lora.target_modules),
+                                                target_modules=peft_targets(lora),
                                                 task_type="CAUSAL_LM"))
+
+
+def peft_targets(lora: LoraSettings) -> str | list[str]:
+    """``lora.target_modules`` as peft takes them (its own ``"all-linear"``: every linear layer
+    but the output layer)."""
+    names = list(lora.target_modules)
+    return ALL_LINEAR if names == [ALL_LINEAR] else names
 
 
 def merge_lora(model: Any) -> Any:

@@ -107,6 +107,10 @@ def test_overrides_reach_every_cell(tmp_path):
     ("generation:\n  backend: beam\n", "grid.yaml:1: generation"),
     ("attacks: [badnet\n", "grid.yaml:2: not valid YAML"),
     ("- a\n- b\n", "expected a mapping of settings"),
+    ("stage2:\n  train:\n    lora: {target_modules: [all-linear, q_proj]}\n",
+     "grid.yaml:3: stage2.train.lora.target_modules: 'all-linear' already names every linear"),
+    ("stage2:\n  train:\n    lora: {target_modules: []}\n",
+     "stage2.train.lora.target_modules: must be a list of module names"),
 ])
 def test_bad_configs_fail_before_any_work_naming_the_place(tmp_path, text, message):
     with pytest.raises(ConfigError) as info:
