@@ -30,10 +30,10 @@ class LoraSettings:
         if isinstance(names, str) or not names \
                 or not all(isinstance(n, str) and n for n in names):
             raise ConfigError(f"lora.target_modules: must be a list of module names (or "
-                             f"[{ALL_LINEAR}]), got {names!r}")
+                              f"[{ALL_LINEAR}]), got {names!r}")
         if ALL_LINEAR in names and len(names) > 1:
             raise ConfigError(f"lora.target_modules: '{ALL_LINEAR}' already names every linear "
-                             f"layer; give it alone, got {names!r}")
+                              f"layer; give it alone, got {names!r}")
 
 
 @dataclass
