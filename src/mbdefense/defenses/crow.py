@@ -35,9 +35,9 @@ from mbdefense.core.errors import ConfigError
 from mbdefense.data.example import Example
 from mbdefense.data.formatting import Encoded, encode_examples
 from mbdefense.defenses.base import Capabilities, Defense
-from mbdefense.defenses.pruning import block_linears, decoder_layers
+from mbdefense.defenses.pruning import decoder_layers
 from mbdefense.training.batching import TokenBatch, collate, labelled_count, pad_id_of
-from mbdefense.training.config import LoraSettings, TrainConfig, weight_settings
+from mbdefense.training.config import ALL_LINEAR, LoraSettings, TrainConfig, weight_settings
 from mbdefense.training.loop import run_steps
 from mbdefense.training.sft import apply_lora, merge_lora, response_loss
 
@@ -202,10 +202,8 @@ def crow_finetune(model: Any, tokenizer: Any, trusted: Sequence[Example], option
         raise ConfigError(f"{_WHERE}: needs trusted clean examples to fine-tune on")
     lora = None
     if options.lora_r:
-        targets = sorted({name.rsplit(".", 1)[-1] for block in decoder_layers(model)
-                          for name in block_linears(block)})
         lora = LoraSettings(r=options.lora_r, alpha=2 * options.lora_r, dropout=0.05,
-                            target_modules=targets)
+                            target_modules=[ALL_LINEAR])
     config = replace(config, epochs=options.epochs, learning_rate=options.learning_rate,
                      batch_size=options.batch_size, grad_accum=1, lora=lora)
     pad_id = pad_id_of(tokenizer)
