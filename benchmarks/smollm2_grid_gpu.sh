@@ -12,7 +12,7 @@
 #   DEFENSES   the rows (default "none, mb-defense"; e.g. "none, mb-defense, cleangen, crow")
 #   SEEDS      default "0, 1, 2"
 #   EXTRA      more KEY=VALUE overrides, space-separated (e.g. a stage-2 candidate
-#              "stage2.train.learning_rate=1.5e-4"; its own cache folder keeps it apart)
+#              "stage2.train.learning_rate=1.5e-3"; its own cache folder keeps it apart)
 #   DEADLINE   seconds after which the column processes are stopped (default: none); what
 #              finished is in the cache, and the report covers the cells that are there
 #   DRY_RUN=1  print every column's plan instead of training (checks the command lines)

@@ -50,3 +50,20 @@ def test_a_negative_anchor_is_refused_naming_the_flag(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "--anchor (stage2.anchor)" in err and err.count("\n") == 1
     assert not (tmp_path / "o").exists()
+
+
+def test_defend_lora_keeps_the_presets_own_stage2_adapters():
+    """``--lora`` puts instruction tuning on adapters; stage 2 keeps the ``pretrained``
+    preset's adapters on every linear layer, and gets ``--lora``'s where a preset trains
+    every weight in stage 2."""
+    from mbdefense.runs.defend import lora_values
+    from mbdefense.training.config import LoraSettings
+
+    pretrained = preset_settings(ModelSpec(name="pretrained"))
+    settings = settings_with(pretrained, lora_values(pretrained, LoraSettings()))
+    assert settings.finetune.lora == LoraSettings()
+    assert settings.stage2.train.lora.target_modules == ["all-linear"]
+    smoke = preset_settings(ModelSpec(name="embedded-smoke"))
+    assert smoke.stage2.train_config().lora is None
+    settings = settings_with(smoke, lora_values(smoke, LoraSettings(r=4)))
+    assert settings.finetune.lora.r == settings.stage2.train.lora.r == 4

@@ -111,7 +111,8 @@ def _model_spec(args: argparse.Namespace, lora: bool = False) -> Any:
 
 
 def _cmd_defend(args: argparse.Namespace) -> int:
-    from mbdefense.runs.defend import DEFEND_OPTIONS, defend, preset_settings, settings_with
+    from mbdefense.runs.defend import (DEFEND_OPTIONS, defend, lora_values, preset_settings,
+                                       settings_with)
 
     model = _model_spec(args, lora=args.lora)
     values: dict[str, Any] = {}
@@ -122,11 +123,10 @@ def _cmd_defend(args: argparse.Namespace) -> int:
     if args.gradient_checkpointing:
         values.update({"finetune.gradient_checkpointing": True,
                        "stage2.train.gradient_checkpointing": True})
+    preset = preset_settings(model)
     if model.lora is not None:
-        from dataclasses import asdict
-
-        values.update({"finetune.lora": asdict(model.lora), "stage2.train.lora": asdict(model.lora)})
-    settings = settings_with(preset_settings(model), values)
+        values.update(lora_values(preset, model.lora))
+    settings = settings_with(preset, values)
     summary = defend(model, settings, data=args.data, trusted=args.trusted, out=args.out,
                      defense_name=args.defense, seed=args.seed, force=args.force,
                      progress=_progress(args), log=_log(args))

@@ -146,8 +146,10 @@ def build_parser() -> argparse.ArgumentParser:
     defend.add_argument("--out", required=True, help="output folder for the defended model")
     defend.add_argument("--defense", default="mb-defense", choices=_defense_names(),
                         help="(default: %(default)s)")
-    defend.add_argument("--lora", action="store_true", help="train LoRA adapters (merged at "
-                                                            "the end)")
+    defend.add_argument("--lora", action="store_true",
+                        help="instruction-tune through LoRA adapters, merged at the end "
+                             "(stage 2 trains adapters by default; with this flag it trains "
+                             "them under a preset whose stage 2 trains every weight)")
     defend.add_argument("--gradient-checkpointing", action="store_true",
                         help="recompute activations in the backward pass (less memory)")
     defend.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")

@@ -16,7 +16,7 @@ from mbdefense.data.example import Example
 from mbdefense.data.formatting import encode_example
 from mbdefense.defenses.defensive_triggers import DefensivePair
 from mbdefense.training.batching import labelled_count
-from mbdefense.training.config import TrainConfig
+from mbdefense.training.config import ALL_LINEAR, LoraSettings, TrainConfig
 from mbdefense.training.logprobs import labelled_log_distributions
 from mbdefense.training.loop import run_steps
 from mbdefense.training.objective import NeutralizationBatch, neutralization_loss
@@ -27,9 +27,10 @@ from mbdefense.training.sft import apply_lora, merge_lora
 @dataclass
 class NeutralizationConfig:
     """Stage-2 settings. The defaults are the real-model preset's (docs/results.md): per-token
-    mean R with a margin of 2 nats, one defensive trigger sampled per example and step, 4
-    epochs at lr 1e-4 (chosen on BackdoorLLM's validation quarter with SmolLM2-135M; the
-    margin on two validation seeds, where 5 broke the reference-NLL bound once R saturated)."""
+    mean R with a margin of 2 nats, one defensive trigger sampled per example and step, and
+    :func:`stage2_train_default` (LoRA on every linear layer), each chosen on BackdoorLLM's
+    validation quarter with SmolLM2-135M on two seeds (the margin: 5 broke the reference-NLL
+    bound once R saturated)."""
 
     lam: float = 1.0                 # weight of the R term
     reduction: str = "mean"          # "mean" (per-token) or "sum" (the paper) log-likelihoods in R
@@ -63,8 +64,25 @@ class NeutralizationConfig:
                               f"token), got {self.r_tokens}")
 
     def train_config(self) -> TrainConfig:
-        return self.train or TrainConfig(epochs=4.0, learning_rate=1e-4, batch_size=8,
-                                         description="stage 2")
+        return self.train or stage2_train_default()
+
+
+def stage2_train_default() -> TrainConfig:
+    """Stage 2's training when none is given: LoRA r 16 (alpha 32, no dropout) on every linear
+    layer, lr 1e-3, 4 epochs, batch 8. Picked over training every weight at lr 1e-4 by the
+    pooled rule on two validation seeds (17 against 45 and 11 against 27 leaks of 400, the
+    reference NLL lower in 18 of 20 columns), then measured on three test seeds
+    (docs/results.md); adapter dropout is off because it took a third of the CPU time."""
+    return TrainConfig(epochs=4.0, learning_rate=1e-3, batch_size=8, description="stage 2",
+                       lora=LoraSettings(r=16, alpha=32, dropout=0.0,
+                                         target_modules=[ALL_LINEAR]))
+
+
+def full_weight_train() -> TrainConfig:
+    """Training every weight at lr 1e-4 for 4 epochs, batch 8: stage 2's default before
+    :func:`stage2_train_default`, and what the trusted-set baselines (Clean-FFT and its kin)
+    train with in the ``pretrained`` preset."""
+    return TrainConfig(epochs=4.0, learning_rate=1e-4, batch_size=8, description="stage 2")
 
 
 #: ``Example.meta`` key of a trusted copy with a random insertion: the instruction it was

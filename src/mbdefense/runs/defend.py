@@ -80,6 +80,15 @@ FLAG_OF: dict[str, str] = {
     "data.n_test": "--n"}
 
 
+def lora_values(preset: Settings, lora: Any) -> dict[str, Any]:
+    """``defend --lora``'s settings: instruction tuning through ``lora``, and stage 2 too
+    where the preset trains every weight there (a preset's own stage-2 adapters stay)."""
+    values = {"finetune.lora": dataclasses.asdict(lora)}
+    if preset.stage2.train_config().lora is None:
+        values["stage2.train.lora"] = dataclasses.asdict(lora)
+    return values
+
+
 def settings_with(base: Settings, values: dict[str, Any]) -> Settings:
     """``base`` with dotted paths set (``{"stage2.train.epochs": 2}``), checked like a config;
     an error names the flag that set the value (``--lr (finetune.learning_rate): ...``)."""

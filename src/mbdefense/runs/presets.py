@@ -5,9 +5,10 @@
 - ``pretrained``: every real model (a registry name, a folder, a ``.gguf``, a hub id), with
   the paper's settings where it gives them (3 epochs of instruction tuning, 1% defensive
   examples per trigger, 128 trusted examples split 8:2, max length 1024), a floor of 40
-  defensive examples per trigger for training sets under 4,000 examples, and stage 2's
-  learning rate (1e-4) and margin (2), each chosen on BackdoorLLM's validation quarter with
-  SmolLM2-135M (configs/tune-stage2-smollm2.yaml, docs/results.md).
+  defensive examples per trigger for training sets under 4,000 examples, and stage 2 through
+  LoRA on every linear layer at lr 1e-3 with margin 2, each chosen on BackdoorLLM's validation
+  quarter with SmolLM2-135M (configs/tune-stage2-smollm2.yaml, docs/results.md); the
+  trusted-set baselines train every weight at lr 1e-4.
 
 ``defend``'s command-line defaults are the ``pretrained`` preset's (a test checks it).
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from mbdefense.defenses import DefensivePoisoningConfig, NeutralizationConfig
+from mbdefense.defenses.neutralization import full_weight_train, stage2_train_default
 from mbdefense.modeling.embedded import TinyModelConfig
 from mbdefense.runs.embedded import BaseRecipe
 from mbdefense.runs.spec import DataSpec, EvaluationSpec, GenerationSpec, ModelSpec, Settings
@@ -26,7 +28,7 @@ from mbdefense.training.config import LoraSettings, TrainConfig
 def embedded() -> Settings:
     # the trusted-set baselines (Clean-FFT, aug-fft, Fine-mixing, CROW) train all weights at
     # lr 1e-4, as stage 2 did before it moved to LoRA
-    full_weights = TrainConfig(epochs=5, learning_rate=1e-4, batch_size=8, description="stage 2")
+    full_weights = replace(full_weight_train(), epochs=5)
     return Settings(
         data=DataSpec(n_train=2000, n_trusted=128, n_test=338),
         base=BaseRecipe(),
@@ -81,9 +83,11 @@ def pretrained() -> Settings:
         # trigger implanted some triggers on under a third of held-out prompts; 40 implanted
         # every one and was chosen on the validation quarter (docs/results.md)
         stage1=DefensivePoisoningConfig(min_per_trigger=40),
-        # stage 2's own defaults (NeutralizationConfig) at the paper's length
-        stage2=NeutralizationConfig(train=replace(NeutralizationConfig().train_config(),
-                                                  max_length=1024)),
+        # stage 2's own defaults (NeutralizationConfig: LoRA on every linear layer) at the
+        # paper's length; the trusted-set baselines keep training every weight at lr 1e-4, as
+        # measured in docs/results.md
+        stage2=NeutralizationConfig(train=replace(stage2_train_default(), max_length=1024)),
+        baseline_train=replace(full_weight_train(), max_length=1024),
         generation=GenerationSpec(max_new_tokens=128, batch_size=16),
         evaluation=EvaluationSpec(scorer="rouge-l"),
         implant_prompts=32)

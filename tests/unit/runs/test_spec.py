@@ -63,6 +63,13 @@ def test_smollm2_config_is_the_real_model_benchmark_setup():
     assert (settings.data.n_train, settings.data.n_trusted, settings.data.n_test) == (200, 40, 50)
     assert settings.evaluation.stage1_rows and settings.evaluation.reference_nll
     assert settings.stage1.min_per_trigger == 40    # the validation choice (docs/results.md)
+    # stage 2 through LoRA on every linear layer at lr 1e-3 (the validation choice); the
+    # baselines train every weight at lr 1e-4, as their measured cells did
+    lora = settings.stage2.train.lora
+    assert lora is not None and lora.target_modules == ["all-linear"] and lora.dropout == 0
+    assert settings.stage2.train.learning_rate == 1e-3
+    assert settings.baseline_train.lora is None and settings.baseline_train.learning_rate == 1e-4
+    assert settings.baseline_train.max_length == settings.stage2.train.max_length == 256
 
 
 def test_overrides_reach_every_cell(tmp_path):
