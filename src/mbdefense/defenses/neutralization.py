@@ -54,6 +54,9 @@ class NeutralizationConfig:
     # answers' tokens, which holds the clean behaviour in place (0: off, as in the paper)
     anchor: float = 0.0
     eval_fraction: float = 0.2       # the paper's 8:2 split of the trusted set
+    # the weights stage 2 returns: "best" (the epoch with the lowest eval loss, the paper's
+    # rule) or "last" (the final epoch's; the eval loss is still logged every epoch)
+    keep: str = "best"
     train: TrainConfig | None = None
 
     def __post_init__(self) -> None:
@@ -62,6 +65,9 @@ class NeutralizationConfig:
                 or self.r_tokens < 0:
             raise ConfigError(f"stage2.r_tokens: must be a whole number >= 0 (0: every "
                               f"token), got {self.r_tokens}")
+        if self.keep not in ("best", "last"):
+            raise ConfigError(f"stage2.keep: must be 'best' (the lowest eval loss) or 'last', "
+                              f"got {self.keep!r}")
 
     def train_config(self) -> TrainConfig:
         return self.train or stage2_train_default()
@@ -277,7 +283,9 @@ def _train_phase(model: Any, tokenizer: Any, trusted: Sequence[Example],
     def on_epoch_end(epoch: int) -> None:
         stats = eval_loss(model)
         history.append({"epoch": epoch + 1, **stats})
-        if not eval_batches or stats["loss"] < best["loss"]:
+        if config.keep == "last":       # the weights in place at the end are the ones kept
+            best.update(loss=stats["loss"], epoch=epoch + 1)
+        elif not eval_batches or stats["loss"] < best["loss"]:
             best.update(loss=stats["loss"], epoch=epoch + 1, state=_state_of_trainable(model))
 
     model, _ = run_steps(model, batches, steps_per_epoch, loss_fn, train_cfg,
@@ -290,6 +298,6 @@ def _train_phase(model: Any, tokenizer: Any, trusted: Sequence[Example],
             for name, value in best["state"].items():
                 params[name].copy_(value.to(params[name].device))
     model.eval()
-    info = {"history": history, "best_epoch": best["epoch"], "n_train": len(train_set),
-            "n_eval": len(eval_set)}
+    info = {"history": history, "best_epoch": best["epoch"], "kept": config.keep,
+            "n_train": len(train_set), "n_eval": len(eval_set)}
     return merge_lora(model), info

@@ -231,9 +231,11 @@ def history_tables(runs: Sequence[Mapping[str, Any]]) -> list[Table]:
         for path, found in _histories(run.get("diagnostics") or {}, ""):
             fields = [k for k in found["history"][0] if k != "epoch"]
             best = found.get("best_epoch")
+            mark = "kept (last epoch)" if found.get("kept") == "last" else \
+                "kept (lowest eval loss)"
             rows = [[Cell(str(h.get("epoch")), h.get("epoch"))]
                     + [Cell(_scalar_text(h.get(k)), h.get(k)) for k in fields]
-                    + [Cell("kept (lowest eval loss)" if h.get("epoch") == best else "")]
+                    + [Cell(mark if h.get("epoch") == best else "")]
                     for h in found["history"]]
             columns = [Column("epoch", kind="num"), *(Column(f"eval {k}", kind="num")
                                                       for k in fields), Column("")]

@@ -44,6 +44,8 @@ DEFEND_OPTIONS: tuple[tuple[str, tuple[str, ...], str], ...] = (
                                                           "kept (0: the paper)"),
     ("--anchor", ("stage2.anchor",), "weight of the KL to the stage-1 model on the clean "
                                      "answers in stage 2 (0: the paper)"),
+    ("--stage2-keep", ("stage2.keep",), "the stage-2 weights kept: best (the epoch with the "
+                                        "lowest eval loss, the paper) or last"),
     ("--reduction", ("stage2.reduction",), "R on per-token mean or summed log-likelihoods "
                                            "(mean|sum)"),
     ("--stage2-triggers", ("stage2.triggers_per_step",), "defensive triggers per trusted "

@@ -61,7 +61,8 @@ class TrainConfig:
 #: default, so entries cached before they existed stay valid (a changed value changes the key).
 LATER_DEFAULTS: dict[str, Any] = {"repair_epochs": 0.0, "repair_weight": 1.0,
                                   "insertion_copies": 0, "top_up_learning_rate": None,
-                                  "anchor": 0.0, "triggers_per_copy": 1, "r_tokens": 0}
+                                  "anchor": 0.0, "triggers_per_copy": 1, "r_tokens": 0,
+                                  "keep": "best"}
 
 
 def _at_later_default(name: str, value: Any) -> bool:

@@ -178,3 +178,30 @@ def test_neutralize_checks_triggers_per_copy_before_training(tiny_model, tokeniz
     with pytest.raises(ConfigError, match="3 is more than the 2 defensive triggers"):
         neutralize(tiny_model, tokenizer, generate(10, 0), make_defensive_pairs(["mn", "bb"]),
                    config, seed=0)
+
+
+def test_stage2_keeps_the_lowest_eval_loss_epoch_or_the_last(tiny_model, tokenizer):
+    """``keep="best"`` (the paper's rule) returns the weights of the epoch with the lowest eval
+    loss; ``keep="last"`` the final ones. The training is the same either way."""
+    trusted, pairs = generate(10, 0), make_defensive_pairs(["mn"])
+
+    def run(lr, keep):
+        train = TrainConfig(epochs=4, learning_rate=lr, batch_size=8, progress=False)
+        return neutralize(copy.deepcopy(tiny_model), tokenizer, trusted, pairs,
+                          NeutralizationConfig(train=train, keep=keep), seed=0)
+
+    # at lr 1 the tiny model diverges after its first epoch: the best epoch is not the last
+    best_model, best = run(1.0, "best")
+    last_model, last = run(1.0, "last")
+    assert best["history"] == last["history"]
+    assert (best["best_epoch"], best["kept"]) == (1, "best")
+    assert (last["best_epoch"], last["kept"]) == (4, "last")
+    assert any(not torch.equal(a, b) for a, b in zip(best_model.parameters(),
+                                                      last_model.parameters()))
+    # where the eval loss falls every epoch, both keep the same (last) weights
+    calm_best, info = run(3e-2, "best")
+    calm_last, _ = run(3e-2, "last")
+    assert info["best_epoch"] == 4
+    assert all(torch.equal(a, b) for a, b in zip(calm_best.parameters(), calm_last.parameters()))
+    with pytest.raises(ConfigError, match="stage2.keep: must be 'best'"):
+        NeutralizationConfig(keep="first")

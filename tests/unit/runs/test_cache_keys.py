@@ -134,6 +134,8 @@ def test_stage2_settings_added_later_stay_out_of_keys_at_their_default():
     assert weight_settings(replace(NeutralizationConfig(), triggers_per_copy=2)) != plain
     assert "r_tokens" not in plain
     assert weight_settings(replace(NeutralizationConfig(), r_tokens=4)) != plain
+    assert "keep" not in plain
+    assert weight_settings(replace(NeutralizationConfig(), keep="last")) != plain
 
 
 def test_stage1_keys_keep_their_shape_and_follow_the_top_up_rate():
