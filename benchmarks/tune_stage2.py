@@ -47,7 +47,9 @@ bounds the attacker's behaviour on clean prompts (false refusals), per column.
 Candidates are the product of the --grid axes (KEY=V1,V2,...: any run setting), and one per
 --candidate KEY=VALUE ... (settings that are no product: margin 16 with anchor 3). The columns
 are the config's attacks x behaviours, or with --columns ATTACK:BEHAVIOUR ... exactly those
-(one run per candidate and column).
+(one run per candidate and column). The runs go column by column, every candidate on a
+column before the next column starts, so a search stopped part of the way leaves whole
+columns; rerunning it with those --columns reads their verdict from the cache.
 """
 
 from __future__ import annotations
@@ -335,13 +337,25 @@ def defense_flags(doc: dict, defense: str = "mb-defense") -> dict[str, str]:
     return found
 
 
+def run_all(args: argparse.Namespace) -> list[tuple[dict[str, str], list[dict]]]:
+    """Every candidate with its results documents, one per column. Column by column, each
+    column's candidates one after another: the column's attacked and stage-1 models are
+    trained by the first and reused by the rest, and a search stopped part of the way leaves
+    whole columns, every candidate measured on them (rerun with the finished --columns to
+    read their verdict from the cache)."""
+    found = [(candidate, []) for candidate in candidates(args)]
+    for column in args.columns or [None]:
+        for candidate, docs in found:
+            docs.append(json.loads(run(candidate, args, column).read_text()))
+    return found
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     table, columns, flags = [], {}, {}
-    for candidate in candidates(args):
+    for candidate, docs in run_all(args):
         by, doc_rows = {}, []
-        for column in args.columns or [None]:
-            doc = json.loads(run(candidate, args, column).read_text())
+        for doc in docs:
             by.update({(s["attack"], s["behavior"], s["defense"]): s for s in doc["summary"]})
             doc_rows += doc["rows"]
             flags.setdefault(label(candidate), {}).update(defense_flags(doc))

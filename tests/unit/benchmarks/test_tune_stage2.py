@@ -269,3 +269,25 @@ def test_main_tabulates_each_candidates_columns_with_leaks_and_gives_the_verdict
         in out
     assert "top_up_rounds2: ASR pooled over every column and seed 0/400 = 0.0000 [0.0000, " \
         "0.0095]" in out
+
+
+def test_every_candidate_runs_on_a_column_before_the_next_column(tmp_path, monkeypatch):
+    """A search stopped part of the way leaves whole columns, each with every candidate."""
+    import json
+
+    module = _module()
+    order = []
+
+    def fake_run(candidate, args, column):
+        order.append((module.label(candidate), column[0]))
+        path = tmp_path / "results.json"
+        path.write_text(json.dumps({"summary": [], "rows": []}))
+        return path
+
+    monkeypatch.setattr(module, "run", fake_run)
+    args = module.parse_args(["--candidate", "stage2.margin=2", "--candidate",
+                              "stage2.margin=5", "--columns", "badnet:refusal", "ctba:refusal"])
+    found = module.run_all(args)
+    assert order == [("margin2", "badnet"), ("margin5", "badnet"),
+                     ("margin2", "ctba"), ("margin5", "ctba")]
+    assert [(module.label(c), len(docs)) for c, docs in found] == [("margin2", 2), ("margin5", 2)]
