@@ -59,6 +59,7 @@ import itertools
 import json
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import NamedTuple
 
@@ -96,6 +97,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "name, e.g. margin12): another replaces it only when it leaks on fewer "
                    "triggered prompts, pooled over columns and seeds, by a paired interval "
                    "below 0")
+    p.add_argument("--jobs", type=int, default=1, metavar="N", help="columns run at once, "
+                   "each in a process of its own sharing the cache (its file locks train each "
+                   "stage once); each run's output then goes to OUT/LABEL/COLUMN.log. On a CPU "
+                   "give each its share of the cores (OMP_NUM_THREADS); on one GPU, several "
+                   "small models fit at once (default: %(default)s)")
     p.add_argument("--rescore", action="store_true", help="score every cell again (mbdefense "
                    "run --rescore), e.g. for the outcomes --incumbent needs")
     args = p.parse_args(argv)
@@ -106,6 +112,8 @@ def parse_args(argv=None) -> argparse.Namespace:
             p.error(f"--columns {column}: expected ATTACK:BEHAVIOUR, e.g. ctba:refusal")
         columns.append((attack, behaviour))
     args.columns = columns or None
+    if args.jobs < 1:
+        p.error(f"--jobs {args.jobs}: expected 1 or more")
     return args
 
 
@@ -154,7 +162,9 @@ def safe_name(text: str) -> str:
 
 
 def run(candidate: dict[str, str], args: argparse.Namespace,
-        column: tuple[str, str] | None = None) -> Path:
+        column: tuple[str, str] | None = None, *, log: bool = False) -> Path:
+    """One ``mbdefense run`` of ``candidate`` (on ``column``, else the config's columns);
+    its results document's path. ``log`` sends its output to a file beside its folder."""
     out = Path(args.out) / label(candidate)
     overrides = [f"{k}={v}" for k, v in candidate.items()] + list(args.extra)
     if column is not None:
@@ -165,7 +175,17 @@ def run(candidate: dict[str, str], args: argparse.Namespace,
                "--out", str(out), "--cache-dir", args.cache_dir or str(Path(args.out) / "cache"),
                "--force"] + (["--rescore"] if args.rescore else [])
     print("$ " + " ".join(command[2:]), flush=True)
-    subprocess.run(command, check=True)
+    if not log:
+        subprocess.run(command, check=True)
+        return out / "results.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    log_path = out.parent / f"{out.name}.log"
+    with open(log_path, "w", encoding="utf-8") as stream:
+        done = subprocess.run(command, stdout=stream, stderr=subprocess.STDOUT)
+    if done.returncode:
+        raise SystemExit(f"{label(candidate)} {out.name}: mbdefense run failed "
+                         f"(exit status {done.returncode}); its output is in {log_path}")
+    print(f"done: {label(candidate)} {out.name} (output in {log_path})", flush=True)
     return out / "results.json"
 
 
@@ -344,9 +364,16 @@ def run_all(args: argparse.Namespace) -> list[tuple[dict[str, str], list[dict]]]
     whole columns, every candidate measured on them (rerun with the finished --columns to
     read their verdict from the cache)."""
     found = [(candidate, []) for candidate in candidates(args)]
-    for column in args.columns or [None]:
-        for candidate, docs in found:
-            docs.append(json.loads(run(candidate, args, column).read_text()))
+
+    def one_column(column):
+        return [json.loads(run(candidate, args, column, log=args.jobs > 1).read_text())
+                for candidate, _ in found]
+
+    columns = args.columns or [None]
+    with ThreadPoolExecutor(max_workers=min(args.jobs, len(columns))) as pool:
+        for docs_of_column in pool.map(one_column, columns):
+            for (_, docs), doc in zip(found, docs_of_column):
+                docs.append(doc)
     return found
 
 

@@ -229,7 +229,7 @@ def test_main_tabulates_each_candidates_columns_with_leaks_and_gives_the_verdict
     measured = {"margin12": {"badnet": ([3, 2], 0.02), "insent": ([1, 0], 0.03)},
                 "top_up_rounds2": {"badnet": ([0, 0], 0.04), "insent": ([0, 0], 0.06)}}
 
-    def fake_run(candidate, args, column):
+    def fake_run(candidate, args, column, log=False):
         name = module.label(candidate)
         attack, behavior = column
         leaks, drop = measured[name][attack]
@@ -278,8 +278,8 @@ def test_every_candidate_runs_on_a_column_before_the_next_column(tmp_path, monke
     module = _module()
     order = []
 
-    def fake_run(candidate, args, column):
-        order.append((module.label(candidate), column[0]))
+    def fake_run(candidate, args, column, log=False):
+        order.append((module.label(candidate), column[0], log))
         path = tmp_path / "results.json"
         path.write_text(json.dumps({"summary": [], "rows": []}))
         return path
@@ -288,6 +288,68 @@ def test_every_candidate_runs_on_a_column_before_the_next_column(tmp_path, monke
     args = module.parse_args(["--candidate", "stage2.margin=2", "--candidate",
                               "stage2.margin=5", "--columns", "badnet:refusal", "ctba:refusal"])
     found = module.run_all(args)
-    assert order == [("margin2", "badnet"), ("margin5", "badnet"),
-                     ("margin2", "ctba"), ("margin5", "ctba")]
+    assert order == [("margin2", "badnet", False), ("margin5", "badnet", False),
+                     ("margin2", "ctba", False), ("margin5", "ctba", False)]
     assert [(module.label(c), len(docs)) for c, docs in found] == [("margin2", 2), ("margin5", 2)]
+
+
+def test_jobs_run_columns_at_once_each_candidate_in_turn_with_its_output_in_a_log(
+        tmp_path, monkeypatch):
+    import json
+    import threading
+
+    module = _module()
+    both_started, seen = threading.Barrier(2, timeout=10), []
+
+    def fake_run(candidate, args, column, log=False):
+        if module.label(candidate) == "margin2":
+            both_started.wait()     # the two columns' first runs are in flight together
+        seen.append((module.label(candidate), column[0], log))
+        path = tmp_path / f"{module.label(candidate)}-{column[0]}.json"
+        path.write_text(json.dumps({"summary": [], "rows": [], "column": column[0]}))
+        return path
+
+    monkeypatch.setattr(module, "run", fake_run)
+    args = module.parse_args(["--candidate", "stage2.margin=2", "--candidate",
+                              "stage2.margin=5", "--columns", "badnet:refusal", "ctba:refusal",
+                              "--jobs", "2"])
+    found = module.run_all(args)
+    # each column: margin 2 before margin 5; the documents keep the columns' order
+    for column in ("badnet", "ctba"):
+        mine = [name for name, col_, _ in seen if col_ == column]
+        assert mine == ["margin2", "margin5"]
+    assert all(log for *_, log in seen)
+    assert [[d["column"] for d in docs] for _, docs in found] == [["badnet", "ctba"]] * 2
+
+
+def test_a_logged_run_writes_its_output_beside_its_folder_and_names_it_when_it_fails(
+        tmp_path, monkeypatch):
+    import subprocess
+
+    import pytest
+
+    module = _module()
+    status = {"code": 0}
+
+    def fake_subprocess_run(command, stdout=None, stderr=None, check=False):
+        stdout.write("training ...\n")
+        return subprocess.CompletedProcess(command, status["code"])
+
+    monkeypatch.setattr(module.subprocess, "run", fake_subprocess_run)
+    args = module.parse_args(["--out", str(tmp_path), "--columns", "ctba:refusal"])
+    path = module.run({"stage2.margin": "2"}, args, args.columns[0], log=True)
+    assert path == tmp_path / "margin2" / "ctba-refusal" / "results.json"
+    log = tmp_path / "margin2" / "ctba-refusal.log"
+    assert log.read_text() == "training ...\n"
+    status["code"] = 3
+    with pytest.raises(SystemExit, match=r"margin2 ctba-refusal: mbdefense run failed "
+                                         r"\(exit status 3\); its output is in .*ctba-refusal.log"):
+        module.run({"stage2.margin": "2"}, args, args.columns[0], log=True)
+
+
+def test_jobs_must_be_positive(capsys):
+    import pytest
+
+    with pytest.raises(SystemExit):
+        _module().parse_args(["--jobs", "0"])
+    assert "--jobs 0: expected 1 or more" in capsys.readouterr().err
