@@ -271,20 +271,28 @@ def test_main_tabulates_each_candidates_columns_with_leaks_and_gives_the_verdict
         "0.0095]" in out
 
 
-def test_every_candidate_runs_on_a_column_before_the_next_column(tmp_path, monkeypatch):
-    """A search stopped part of the way leaves whole columns, each with every candidate."""
+def _record_runs(module, tmp_path, monkeypatch, before=lambda name: None):
+    """Replace the script's runs by fakes that record (candidate, attack, log) in order and
+    write an empty results document naming its column; ``before(label)`` runs first."""
     import json
 
-    module = _module()
-    order = []
+    seen = []
 
     def fake_run(candidate, args, column, log=False):
-        order.append((module.label(candidate), column[0], log))
-        path = tmp_path / "results.json"
-        path.write_text(json.dumps({"summary": [], "rows": []}))
+        before(module.label(candidate))
+        seen.append((module.label(candidate), column[0], log))
+        path = tmp_path / f"{module.label(candidate)}-{column[0]}.json"
+        path.write_text(json.dumps({"summary": [], "rows": [], "column": column[0]}))
         return path
 
     monkeypatch.setattr(module, "run", fake_run)
+    return seen
+
+
+def test_every_candidate_runs_on_a_column_before_the_next_column(tmp_path, monkeypatch):
+    """A search stopped part of the way leaves whole columns, each with every candidate."""
+    module = _module()
+    order = _record_runs(module, tmp_path, monkeypatch)
     args = module.parse_args(["--candidate", "stage2.margin=2", "--candidate",
                               "stage2.margin=5", "--columns", "badnet:refusal", "ctba:refusal"])
     found = module.run_all(args)
@@ -295,21 +303,13 @@ def test_every_candidate_runs_on_a_column_before_the_next_column(tmp_path, monke
 
 def test_jobs_run_columns_at_once_each_candidate_in_turn_with_its_output_in_a_log(
         tmp_path, monkeypatch):
-    import json
     import threading
 
     module = _module()
-    both_started, seen = threading.Barrier(2, timeout=10), []
-
-    def fake_run(candidate, args, column, log=False):
-        if module.label(candidate) == "margin2":
-            both_started.wait()     # the two columns' first runs are in flight together
-        seen.append((module.label(candidate), column[0], log))
-        path = tmp_path / f"{module.label(candidate)}-{column[0]}.json"
-        path.write_text(json.dumps({"summary": [], "rows": [], "column": column[0]}))
-        return path
-
-    monkeypatch.setattr(module, "run", fake_run)
+    both_started = threading.Barrier(2, timeout=10)
+    # the two columns' first runs must be in flight together, or the barrier breaks
+    seen = _record_runs(module, tmp_path, monkeypatch,
+                        before=lambda name: name == "margin2" and both_started.wait())
     args = module.parse_args(["--candidate", "stage2.margin=2", "--candidate",
                               "stage2.margin=5", "--columns", "badnet:refusal", "ctba:refusal",
                               "--jobs", "2"])
