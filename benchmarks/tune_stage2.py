@@ -104,6 +104,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "small models fit at once (default: %(default)s)")
     p.add_argument("--rescore", action="store_true", help="score every cell again (mbdefense "
                    "run --rescore), e.g. for the outcomes --incumbent needs")
+    p.add_argument("--cache-defended", action="store_true", help="keep each candidate's "
+                   "defended models in the cache (mbdefense run --cache-defended), so the "
+                   "chosen one's test run trains no stage 2 again")
     args = p.parse_args(argv)
     columns = []
     for column in args.columns or []:
@@ -173,7 +176,8 @@ def run(candidate: dict[str, str], args: argparse.Namespace,
         overrides += [f"attacks=[{json.dumps(attack)}]", f"behaviors=[{behaviour}]"]
     command = [sys.executable, "-m", "mbdefense", "run", args.config, *overrides,
                "--out", str(out), "--cache-dir", args.cache_dir or str(Path(args.out) / "cache"),
-               "--force"] + (["--rescore"] if args.rescore else [])
+               "--force"] + (["--rescore"] if args.rescore else []) \
+        + (["--cache-defended"] if args.cache_defended else [])
     print("$ " + " ".join(command[2:]), flush=True)
     if not log:
         subprocess.run(command, check=True)

@@ -89,6 +89,7 @@ def test_weak_implant_top_up_never_keeps_a_leaking_model_and_models_are_cached(
             0.1, *rounds[discarded - 1]["leaks"].values())
         assert stage1["implant_rates"] == rounds[discarded - 1]["rates"]
     assert len(list(tmp_path.glob("finetune-*"))) == len(list(tmp_path.glob("stage1-*"))) == 1
+    assert not list(tmp_path.glob("defended-*"))   # kept only when asked (cache_defended)
 
     import mbdefense.defenses.implant as implant
     import mbdefense.runs.lifecycle as lifecycle
@@ -101,3 +102,37 @@ def test_weak_implant_top_up_never_keeps_a_leaking_model_and_models_are_cached(
     second = run_experiment(config, log=lambda m: None)
     assert second["diagnostics"]["mb-defense/stage1"]["rounds"] == stage1["rounds"]
     assert second["rows"][0]["asr"] == first["rows"][0]["asr"]
+
+
+def test_defended_models_kept_on_request_are_scored_on_another_split_without_training(
+        base_cache, tmp_path, monkeypatch):
+    """With ``cache_defended`` the cache keeps each defense's model after training: the same
+    models scored on the validation split train nothing (not even stage 2), and the
+    defenses' training records come back with them."""
+    import dataclasses
+
+    import mbdefense.defenses.mb_defense as mb_defense
+    import mbdefense.runs.lifecycle as lifecycle
+
+    monkeypatch.setenv("MBDEFENSE_CACHE", base_cache)
+    config = tiny_config(defenses=["clean-fft", "mb-defense"], include_clean_reference=False,
+                         cache_dir=str(tmp_path), cache_defended=True)
+    first = run_experiment(config, log=lambda m: None)
+    assert len(list(tmp_path.glob("defended-*/info.json"))) == 2
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a cached stage was trained again")
+
+    monkeypatch.setattr(lifecycle, "finetune", no_training)
+    monkeypatch.setattr(mb_defense, "neutralize", no_training)
+    settings = dataclasses.replace(config.settings, evaluation=dataclasses.replace(
+        config.settings.evaluation, split="validation"))
+    logged = []
+    second = run_experiment(dataclasses.replace(config, settings=settings), log=logged.append)
+    assert [r["split"] for r in second["rows"]] == ["validation", "validation"]
+    assert sum("loading the mb-defense model from" in m for m in logged) == 1, logged
+    for name, record in (("clean-fft", "clean_fft"), ("mb-defense", "stage2")):
+        assert second["diagnostics"][name][record] == json.loads(
+            json.dumps(first["diagnostics"][name][record])), name
+    # the test split again: the cells themselves come from the cache, the rows as before
+    assert run_experiment(config, log=lambda m: None)["rows"] == first["rows"]

@@ -67,3 +67,25 @@ def test_defend_lora_keeps_the_presets_own_stage2_adapters():
     assert smoke.stage2.train_config().lora is None
     settings = settings_with(smoke, lora_values(smoke, LoraSettings(r=4)))
     assert settings.finetune.lora.r == settings.stage2.train.lora.r == 4
+
+
+def test_run_cache_defended_reaches_every_experiment(tmp_path, monkeypatch):
+    import mbdefense.runs.experiment as experiment
+
+    class Stop(Exception):
+        pass
+
+    seen = []
+
+    def capture(spec, out, **kwargs):
+        seen.append(spec)
+        raise Stop
+
+    monkeypatch.setattr(experiment, "run_spec", capture)
+    for flags in ([], ["--cache-defended"]):
+        with pytest.raises(Stop):
+            main(["run", "configs/smoke.yaml", "--out", str(tmp_path / f"o{len(flags)}"),
+                  "--quiet", *flags])
+    model, seed, attack, behavior = seen[1].groups[0]
+    assert not seen[0].experiment(model, seed, attack, behavior).cache_defended
+    assert seen[1].experiment(model, seed, attack, behavior).cache_defended

@@ -182,6 +182,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         overrides.append(f"generation.backend={args.generator}")
     spec = load_run_spec(args.config, overrides)
     spec.rescore = args.rescore
+    spec.cache_defended = args.cache_defended
     executor = _executor(args)
     print(describe(spec))
     if executor.name != "local":

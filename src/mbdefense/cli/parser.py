@@ -195,6 +195,11 @@ def build_parser() -> argparse.ArgumentParser:
                           "for the per-prompt outcomes a cell cached by an older version "
                           "lacks); the same command after a stop keeps the cells it already "
                           "scored again")
+    run.add_argument("--cache-defended", action="store_true",
+                     help="keep each defense's model after training in the cache too, so "
+                          "--rescore or another split (evaluation.split) does not train it "
+                          "again (a model per defense and attacked model: mind the disk for "
+                          "large models)")
     run.add_argument("--generator", choices=["plain", "vllm"], default=None,
                      help="evaluation backend (same as generation.backend=...)")
     _executor_options(run)

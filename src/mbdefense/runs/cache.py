@@ -1,8 +1,10 @@
 """The stage cache: every finished stage on disk under a key made from all of its inputs.
 
 Entries are fine-tuned models (``finetune-KEY/``), stage-1 models after the implant check
-(``stage1-KEY/``), evaluated cells and the stage-1 models' scores (``cells/KEY.json``), and
-while a ``run --rescore`` is under way, when it began (``rescore-PLAN.json``). Each
+(``stage1-KEY/``), with ``keep_defended`` each defense's model after training
+(``defended-KEY/``: MB-Defense's stage 2, Clean-FFT, pruning, ...), evaluated cells and the
+stage-1 models' scores (``cells/KEY.json``), and while a ``run --rescore`` is under way, when
+it began (``rescore-PLAN.json``). Each
 entry is built under a lock of its own (``locks/NAME.lock``), so two runs sharing a cache
 train a stage once and the second loads it. Entries appear in one rename; temporaries left by
 a killed run are removed when the cache is opened, and an entry that cannot be read is
@@ -52,14 +54,19 @@ class StageCache:
     models are still reused: a cell cached by an older version lacks what a newer one
     records, e.g. per-prompt outcomes. ``rescore_since`` (a time, from
     :meth:`begin_rescore`) keeps the cells saved since then: a resumed ``--rescore`` run does
-    not score again what it already did."""
+    not score again what it already did. ``keep_defended`` keeps each defense's model after
+    training too (a model per defense and attacked model: off by default, as for a large
+    model that is much disk), so scoring it again (``--rescore``, another split) skips the
+    training."""
 
     def __init__(self, root: str | Path | None, log: Callable[[str], None] = print,
-                 rescore: bool = False, rescore_since: float | None = None) -> None:
+                 rescore: bool = False, rescore_since: float | None = None,
+                 keep_defended: bool = False) -> None:
         self.root = Path(root) if root is not None else None
         self.log = log
         self.rescore = rescore
         self.rescore_since = rescore_since
+        self.keep_defended = keep_defended and self.root is not None
         if self.root is not None:
             (self.root / "locks").mkdir(parents=True, exist_ok=True)   # marks a run's cache
             self._clean_stale()

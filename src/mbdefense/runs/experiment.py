@@ -33,7 +33,8 @@ def run_experiment(experiment: Experiment, *, log: Callable[[str], None] = print
     check_experiment(experiment)
     work = build_workload(experiment, log=log)
     cache = StageCache(experiment.cache_dir, log=log, rescore=experiment.rescore,
-                       rescore_since=experiment.rescore_since)
+                       rescore_since=experiment.rescore_since,
+                       keep_defended=experiment.cache_defended)
     scorer = make_scorer(experiment.settings.evaluation, cache_dir=experiment.cache_dir,
                          progress=experiment.progress)
     lifecycle = Lifecycle(work, experiment.settings, experiment.seed, scorer=scorer,

@@ -139,13 +139,29 @@ class Lifecycle:
             stage1_model = model
             timings["after_finetune"] = time.time() - t0 - sum(timings.values())
         if defense.changes_model:
-            self.log(f"running {defense.name} after training ...")
-            model = defense.after_training(copy.deepcopy(model) if self.copy_base else model,
-                                           self.work.tokenizer,
-                                           self.work.trusted, clean_model=self.work.base_model)
+            model = self.after_training(defense, model, stage_key or key)
             timings["after_training"] = time.time() - t0 - sum(timings.values())
         return Defended(defense, model, stage1_model, stage1_info, train_set, time.time() - t0,
                         timings, stage_key)
+
+    def after_training(self, defense: Defense, model: Any, trained_key: str) -> Any:
+        """``defense.after_training`` on ``model`` (the model under ``trained_key``); with a
+        cache that keeps defended models, once per key, its diagnostics kept beside it."""
+        def build() -> tuple[Any, dict[str, Any]]:
+            self.log(f"running {defense.name} after training ...")
+            trained = defense.after_training(copy.deepcopy(model) if self.copy_base else model,
+                                             self.work.tokenizer, self.work.trusted,
+                                             clean_model=self.work.base_model)
+            return trained, {"diagnostics": defense.diagnostics}
+
+        if not self.cache.keep_defended:
+            return build()[0]
+        key = digest("defended", trained_key, defense.name, asdict(defense.options),
+                     defense.after_training_key(), fingerprint(self.work.trusted), self.seed)
+        defended, info = self.cache.model("defended", key, f"the {defense.name} model", build,
+                                          self._load)
+        defense.diagnostics.update(info["diagnostics"])
+        return defended
 
     @property
     def implant_tokens(self) -> int:

@@ -246,6 +246,7 @@ class Experiment:
     cache_dir: str | None = None         # keep finished stages here, keyed by their inputs
     rescore: bool = False                # score every cell again; reuse the trained models
     rescore_since: float | None = None   # ...but keep the cells scored again since then
+    cache_defended: bool = False         # keep each defense's model after training too
 
 
 @dataclass
@@ -266,6 +267,7 @@ class RunSpec:
     resolved: dict[str, Settings] = field(default_factory=dict, repr=False)
     rescore: bool = False        # ``run --rescore``: how this run uses the cache, not a setting
     rescore_since: float | None = None   # when this plan's --rescore began (set by run_spec)
+    cache_defended: bool = False  # ``run --cache-defended``: the cache keeps defended models
 
     def settings(self, model: ModelSpec) -> Settings:
         return self.resolved[model.name]
@@ -286,4 +288,5 @@ class RunSpec:
             behavior=behavior, seed=seed, poison_rate=self.poison_rate,
             defenses=[d for d in self.defenses if d != CLEAN_REFERENCE],
             include_clean_reference=CLEAN_REFERENCE in self.defenses, progress=progress,
-            cache_dir=cache_dir, rescore=self.rescore, rescore_since=self.rescore_since)
+            cache_dir=cache_dir, rescore=self.rescore, rescore_since=self.rescore_since,
+            cache_defended=self.cache_defended)

@@ -150,9 +150,11 @@ def test_a_column_run_names_its_attack_in_yaml_and_a_safe_folder(tmp_path, monke
     path = module.run({"stage2.margin": "16"}, args, args.columns[0])
     assert path == tmp_path / "margin16" / "style-biblical-toxic" / "results.json"
     assert 'attacks=["style:biblical"]' in commands[0] and "behaviors=[toxic]" in commands[0]
-    assert "--rescore" not in commands[0]
+    assert "--rescore" not in commands[0] and "--cache-defended" not in commands[0]
     module.run({}, module.parse_args(["--out", str(tmp_path), "--rescore"]))
     assert commands[1][-1] == "--rescore"
+    module.run({}, module.parse_args(["--out", str(tmp_path), "--cache-defended"]))
+    assert commands[2][-1] == "--cache-defended"
 
 
 def test_candidates_are_the_grid_product_and_each_named_one():
