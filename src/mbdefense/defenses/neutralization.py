@@ -283,10 +283,10 @@ def _train_phase(model: Any, tokenizer: Any, trusted: Sequence[Example],
     def on_epoch_end(epoch: int) -> None:
         stats = eval_loss(model)
         history.append({"epoch": epoch + 1, **stats})
-        if config.keep == "last":       # the weights in place at the end are the ones kept
-            best.update(loss=stats["loss"], epoch=epoch + 1)
-        elif not eval_batches or stats["loss"] < best["loss"]:
-            best.update(loss=stats["loss"], epoch=epoch + 1, state=_state_of_trainable(model))
+        if not eval_batches or stats["loss"] < best["loss"]:
+            # under keep="last" the weights in place at the end are kept: nothing to save
+            best.update(loss=stats["loss"], epoch=epoch + 1,
+                        state=None if config.keep == "last" else _state_of_trainable(model))
 
     model, _ = run_steps(model, batches, steps_per_epoch, loss_fn, train_cfg,
                          on_epoch_end=on_epoch_end)
@@ -298,6 +298,9 @@ def _train_phase(model: Any, tokenizer: Any, trusted: Sequence[Example],
             for name, value in best["state"].items():
                 params[name].copy_(value.to(params[name].device))
     model.eval()
-    info = {"history": history, "best_epoch": best["epoch"], "kept": config.keep,
-            "n_train": len(train_set), "n_eval": len(eval_set)}
+    # best_epoch: the lowest eval loss; kept_epoch: the weights returned (the same under
+    # keep="best", the last epoch under keep="last")
+    kept_epoch = history[-1]["epoch"] if config.keep == "last" else best["epoch"]
+    info = {"history": history, "best_epoch": best["epoch"], "kept_epoch": kept_epoch,
+            "kept": config.keep, "n_train": len(train_set), "n_eval": len(eval_set)}
     return merge_lora(model), info

@@ -223,6 +223,19 @@ def _histories(value: Any, path: str) -> Iterable[tuple[str, Mapping[str, Any]]]
             yield from _histories(item, f"{path}.{key}" if path else str(key))
 
 
+def _epoch_mark(found: Mapping[str, Any], epoch: Any) -> str:
+    """What an epoch of a training record was: the one whose weights were kept, and under
+    ``kept: last`` the one with the lowest eval loss too. Records written before
+    ``kept_epoch`` existed hold the kept epoch in ``best_epoch``."""
+    last = found.get("kept") == "last"
+    kept = found.get("kept_epoch", found.get("best_epoch"))
+    if epoch == kept:
+        return "kept (last epoch)" if last else "kept (lowest eval loss)"
+    if last and "kept_epoch" in found and epoch == found.get("best_epoch"):
+        return "lowest eval loss (not kept)"
+    return ""
+
+
 def history_tables(runs: Sequence[Mapping[str, Any]]) -> list[Table]:
     """Each eval-loss history (stage 2, Clean-FFT and the like) as a table of epochs, the
     epoch whose weights were kept marked: epoch 0 is before any training."""
@@ -230,12 +243,9 @@ def history_tables(runs: Sequence[Mapping[str, Any]]) -> list[Table]:
     for run in runs:
         for path, found in _histories(run.get("diagnostics") or {}, ""):
             fields = [k for k in found["history"][0] if k != "epoch"]
-            best = found.get("best_epoch")
-            mark = "kept (last epoch)" if found.get("kept") == "last" else \
-                "kept (lowest eval loss)"
             rows = [[Cell(str(h.get("epoch")), h.get("epoch"))]
                     + [Cell(_scalar_text(h.get(k)), h.get(k)) for k in fields]
-                    + [Cell(mark if h.get("epoch") == best else "")]
+                    + [Cell(_epoch_mark(found, h.get("epoch")))]
                     for h in found["history"]]
             columns = [Column("epoch", kind="num"), *(Column(f"eval {k}", kind="num")
                                                       for k in fields), Column("")]

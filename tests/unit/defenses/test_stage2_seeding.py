@@ -194,8 +194,8 @@ def test_stage2_keeps_the_lowest_eval_loss_epoch_or_the_last(tiny_model, tokeniz
     best_model, best = run(1.0, "best")
     last_model, last = run(1.0, "last")
     assert best["history"] == last["history"]
-    assert (best["best_epoch"], best["kept"]) == (1, "best")
-    assert (last["best_epoch"], last["kept"]) == (4, "last")
+    assert (best["best_epoch"], best["kept_epoch"], best["kept"]) == (1, 1, "best")
+    assert (last["best_epoch"], last["kept_epoch"], last["kept"]) == (1, 4, "last")
     assert any(not torch.equal(a, b) for a, b in zip(best_model.parameters(),
                                                       last_model.parameters()))
     # where the eval loss falls every epoch, both keep the same (last) weights

@@ -16,8 +16,14 @@ def test_each_eval_loss_history_is_a_table_with_the_kept_epoch_marked():
     marks = [row[-1].text for row in table.rows]
     assert marks == ["", "kept (lowest eval loss)", ""]
     assert history_tables([{"source": "x", "diagnostics": {"k": {"history": [1, 2]}}}]) == []
-    runs[0]["diagnostics"]["m|a|b|seed0"]["mb-defense"]["stage2"].update(best_epoch=2,
-                                                                         kept="last")
+    record = runs[0]["diagnostics"]["m|a|b|seed0"]["mb-defense"]["stage2"]
+    record.update(kept_epoch=2, kept="last")
+    [table] = history_tables(runs)
+    assert [row[-1].text for row in table.rows] == ["", "lowest eval loss (not kept)",
+                                                    "kept (last epoch)"]
+    # a record written before kept_epoch: best_epoch held the kept epoch
+    del record["kept_epoch"]
+    record.update(best_epoch=2)
     [table] = history_tables(runs)
     assert [row[-1].text for row in table.rows] == ["", "", "kept (last epoch)"]
 
