@@ -4,11 +4,10 @@ Entries are fine-tuned models (``finetune-KEY/``), stage-1 models after the impl
 (``stage1-KEY/``), with ``keep_defended`` each defense's model after training
 (``defended-KEY/``: MB-Defense's stage 2, Clean-FFT, pruning, ...), evaluated cells and the
 stage-1 models' scores (``cells/KEY.json``), and while a ``run --rescore`` is under way, when
-it began (``rescore-PLAN.json``). Each
-entry is built under a lock of its own (``locks/NAME.lock``), so two runs sharing a cache
-train a stage once and the second loads it. Entries appear in one rename; temporaries left by
-a killed run are removed when the cache is opened, and an entry that cannot be read is
-rebuilt.
+it began (``rescore-PLAN.json``). Each entry is built under a lock of its own
+(``locks/NAME.lock``), so two runs sharing a cache train a stage once and the second loads
+it. Entries appear in one rename; temporaries left by a killed run are removed when the cache
+is opened, and an entry that cannot be read is rebuilt.
 """
 
 from __future__ import annotations
