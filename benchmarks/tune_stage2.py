@@ -176,8 +176,9 @@ def run(candidate: dict[str, str], args: argparse.Namespace,
         overrides += [f"attacks=[{json.dumps(attack)}]", f"behaviors=[{behaviour}]"]
     command = [sys.executable, "-m", "mbdefense", "run", args.config, *overrides,
                "--out", str(out), "--cache-dir", args.cache_dir or str(Path(args.out) / "cache"),
-               "--force"] + (["--rescore"] if args.rescore else []) \
-        + (["--cache-defended"] if args.cache_defended else [])
+               "--force"]
+    command += [flag for flag, on in (("--rescore", args.rescore),
+                                      ("--cache-defended", args.cache_defended)) if on]
     print("$ " + " ".join(command[2:]), flush=True)
     if not log:
         subprocess.run(command, check=True)
